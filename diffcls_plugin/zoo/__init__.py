@@ -1,0 +1,124 @@
+"""The declarative checkpoint zoo (open_clip's ``pretrained.py`` pattern): names are data.
+
+``--pretrained`` accepts a zoo name (``checkpoints.json``), a local folder in diffusers layout,
+or a Hugging Face hub id (``org/name``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from diffcls_plugin.errors import DiffclsError, closest
+
+DEFAULT_CHECKPOINT = "sd2-base"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a checkpoint's weights come from.
+
+    Attributes:
+        name: what the user passed to ``--pretrained``.
+        source: a hub id or a local folder.
+        revision: hub revision (``None`` for a folder).
+        is_local: True for a folder on disk.
+        prediction_type: what the zoo expects (``None`` when unknown; the scheduler config of
+            the checkpoint is what the run uses).
+    """
+
+    name: str
+    source: str
+    revision: str | None
+    is_local: bool
+    prediction_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": None if self.is_local else self.source,
+            "revision": self.revision,
+            "folder": self.source if self.is_local else None,
+        }
+
+
+@lru_cache(maxsize=None)
+def zoo() -> dict[str, dict[str, Any]]:
+    """Every known checkpoint name and its entry, from the packaged ``checkpoints.json``."""
+    with resources.files(__package__).joinpath("checkpoints.json").open() as f:
+        return json.load(f)
+
+
+def resolve_checkpoint(pretrained: str) -> Checkpoint:
+    """Turn a ``--pretrained`` value into a :class:`Checkpoint`, checking a local folder's layout.
+
+    Raises:
+        DiffclsError: unknown zoo name (with the closest name), or a folder that is not a
+            diffusers Stable Diffusion folder.
+    """
+    entries = zoo()
+    if pretrained in entries:
+        entry = entries[pretrained]
+        if "package_path" in entry:
+            folder = resources.files("diffcls_plugin").joinpath(entry["package_path"])
+            return Checkpoint(pretrained, str(folder), None, True, entry.get("prediction_type"))
+        return Checkpoint(pretrained, entry["repo_id"], entry.get("revision"), False, entry.get("prediction_type"))
+    path = Path(os.path.expanduser(pretrained))
+    if path.exists():
+        check_diffusers_folder(path)
+        return Checkpoint(pretrained, str(path.resolve()), None, True)
+    looks_like_path = pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1 or "\\" in pretrained
+    if not looks_like_path and pretrained.count("/") == 1:
+        return Checkpoint(pretrained, pretrained, "main", False)  # a hub id, org/name
+    if looks_like_path:
+        raise DiffclsError(f"--pretrained folder {pretrained!r} does not exist; pass a folder in diffusers layout, a zoo name ({', '.join(entries)}) or a hub id")
+    hint = closest(pretrained, entries)
+    did = f" Did you mean {hint!r}?" if hint else ""
+    raise DiffclsError(
+        f"unknown --pretrained {pretrained!r}.{did} Use a zoo name ({', '.join(entries)}), "
+        "a hub id such as stabilityai/stable-diffusion-2-base, or a local folder in diffusers layout"
+    )
+
+
+def check_diffusers_folder(path: Path) -> None:
+    """Raise a clear error unless ``path`` holds a Stable Diffusion model in diffusers layout."""
+    if not path.is_dir():
+        raise DiffclsError(f"--pretrained {str(path)!r} is a file; pass the folder that holds model_index.json, unet/, vae/, ...")
+    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    if missing:
+        raise DiffclsError(
+            f"--pretrained folder {str(path)!r} is not a diffusers Stable Diffusion folder: missing "
+            f"{', '.join(m + '/' for m in missing)}. Save a pipeline with "
+            "StableDiffusionPipeline.save_pretrained(folder), or convert a single-file checkpoint with "
+            "StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)"
+        )
+
+
+def check_safetensors(path: Path, allow_pickle: bool) -> None:
+    """Raise unless every weighted component of a local folder has safetensors weights.
+
+    A component with only pickle weights is refused unless ``allow_pickle`` (the config key
+    ``allow_pickle: true``) says otherwise: unpickling runs arbitrary code.
+    """
+    for component in WEIGHTED_COMPONENTS:
+        folder = path / component
+        files = [f.name for f in folder.iterdir() if f.is_file()]
+        if any(f.endswith(".safetensors") for f in files):
+            continue
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if not pickles:
+            raise DiffclsError(f"--pretrained folder {str(folder)!r} has no weights (no .safetensors file)")
+        if not allow_pickle:
+            raise DiffclsError(
+                f"--pretrained folder {str(folder)!r} has only pickle weights ({', '.join(sorted(pickles))}); "
+                "convert them to safetensors, or allow them with 'allow_pickle: true' in the config "
+                "(DIFFCLS_CONFIG file, or diffcls eval --set allow_pickle=true) if you trust the source"
+            )

@@ -1,0 +1,234 @@
+"""The plugin inside the unmodified CLIP_benchmark: its zero-shot path, its CLI, its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+from conftest import CLASSNAMES, TEMPLATES, random_images
+from diffcls_plugin import register
+from diffcls_plugin.config import load_config
+from diffcls_plugin.model import load_classifier
+
+register()
+from clip_benchmark import cli as harness_cli  # noqa: E402
+from clip_benchmark.metrics import zeroshot_classification as zsc  # noqa: E402
+from clip_benchmark.models import MODEL_TYPES, load_clip  # noqa: E402
+
+
+def loader(model, images, labels, batch_size=4):
+    x = torch.stack([model.transform(img) for img in images])
+    dataset = torch.utils.data.TensorDataset(x, torch.tensor(labels))
+    dataset.classes = CLASSNAMES
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False), x
+
+
+def independent_metrics(rankings, labels, n_classes):
+    """acc1, acc5 and mean per-class recall straight from the samplers' rankings."""
+    top1 = [r[0] for r in rankings]
+    acc1 = sum(p == y for p, y in zip(top1, labels)) / len(labels)
+    acc5 = sum(y in r[:5] for r, y in zip(rankings, labels)) / len(labels) if n_classes >= 5 else float("nan")
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": balanced_accuracy_score(labels, top1)}
+
+
+def test_model_type_is_registered_and_listed_in_help():
+    assert "diffusion" in MODEL_TYPES
+    out = subprocess.run(
+        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "diffusion" in out.split("--model_type")[1]
+
+
+@pytest.mark.parametrize(
+    "templates",
+    [TEMPLATES, {c: [f"a {c}."] + [f"a photo of a {c} number {k}." for k in range(i % 3)] for i, c in enumerate(CLASSNAMES)}],
+    ids=["list-templates", "cupl-dict-unequal-counts"],
+)
+@pytest.mark.parametrize("model_name", ["diffusion-baseline", "diffusion-adaptive", "diffusion-hier"])
+def test_harness_logits_rank_classes_exactly_as_the_sampler(tiny_sd, templates, model_name):
+    config = load_config(None, ["adaptive.to_keep=[3,1]", "adaptive.n_samples=[4,8]", "baseline.n_timesteps=8"])
+    # through the harness's own loader entry point, with --model_type open_clip (the default)
+    model, transform, tokenizer = load_clip("open_clip", model_name, str(tiny_sd), None, "cpu")
+    model.config = config
+    model.options = config.sampler_options(model.sampler.name)
+    images, labels = random_images(8, seed=1), [i % 6 for i in range(8)]
+    dl, x = loader(model, images, labels)
+    # amp=True, as the CLI defaults to: the patched evaluate must switch it off for us
+    metrics = zsc.evaluate(model, dl, tokenizer, CLASSNAMES, templates, "cpu", amp=True)
+    classifier = zsc.zero_shot_classifier(model, tokenizer, CLASSNAMES, templates, "cpu", amp=False)
+    assert torch.equal(classifier, torch.eye(len(CLASSNAMES)))
+    logits, target = zsc.run_classification(model, classifier, dl, "cpu", amp=False)
+    rankings = [r.ranking for r in model.classify(x)]
+    for row, ranking in zip(logits, rankings):
+        assert torch.argsort(row, descending=True, stable=True).tolist() == list(ranking)
+        assert len(set(row.tolist())) == len(CLASSNAMES)  # no ties
+    expected = independent_metrics(rankings, labels, len(CLASSNAMES))
+    assert metrics == pytest.approx(expected)
+
+
+def test_bf16_autocast_would_tie_scores_so_amp_is_off_for_diffusion_models(tiny_sd):
+    """Why amp is switched off: 1000 distinct rank scores collapse under bf16 autocast."""
+    features = torch.arange(1000, 0, -1, dtype=torch.float32)[None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = 100.0 * torch.nn.functional.normalize(features, dim=-1) @ torch.eye(1000)
+    assert len(set(logits.float().tolist()[0])) < 1000
+    plain = 100.0 * torch.nn.functional.normalize(features, dim=-1) @ torch.eye(1000)
+    assert len(set(plain.tolist()[0])) == 1000
+
+
+def test_harness_accuracy_runs_under_the_installed_numpy():
+    import numpy as np
+
+    logits = torch.tensor([[0.1, 0.9, 0.0, 0.3, 0.2, 0.4], [0.8, 0.1, 0.0, 0.3, 0.2, 0.4], [0.0, 0.1, 0.9, 0.3, 0.2, 0.4]])
+    target = torch.tensor([1, 3, 2])
+    acc1, acc5 = zsc.accuracy(logits, target, topk=(1, 5))
+    assert (acc1, acc5) == (2 / 3, 1.0)
+    if tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 4):
+        assert zsc.accuracy.__module__ == "diffcls_plugin.harness"  # the broken original was replaced
+
+
+def test_hook_patches_lazily_without_importing_torch_and_can_be_switched_off():
+    code = (
+        "import sys; assert 'torch' not in sys.modules, 'torch imported at start';"
+        "import clip_benchmark.models as m; print('diffusion' in m.MODEL_TYPES)"
+    )
+    env = dict(os.environ)
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert on.stdout.strip() == "True", on.stderr
+    env["DIFFCLS_NO_HOOK"] = "1"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert off.stdout.strip() == "False", off.stderr
+
+
+def harness_args(argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["clip_benchmark", *argv])
+    _, args = harness_cli.get_parser_args()
+    return args
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "diffusion-hierarchical"], r"unknown diffusion model 'diffusion-hierarchical'\. Did you mean 'diffusion-hier'\?"),
+        (["--model", "RN50", "--model_type", "diffusion"], r"unknown diffusion model 'RN50'.*Valid: diffusion-adaptive"),
+        (["--model", "diffusion-hier", "--pretrained", "sd2base"], r"unknown --pretrained 'sd2base'\. Did you mean 'sd2-base'\?"),
+        (["--model", "diffusion-hier", "--pretrained", "./no/such/folder"], r"folder './no/such/folder' does not exist"),
+        (["--model", "diffusion-hier", "--dataset", "voc2007_multilabel"], r"multi-label.*single-label"),
+        (["--model", "diffusion-hier", "--dataset", "flickr30k"], r"supports only --task zeroshot_classification"),
+    ],
+)
+def test_bad_harness_input_is_one_clear_line_before_any_loading(monkeypatch, argv, message):
+    args = harness_args(["eval", "--dataset", "cifar10", *argv], monkeypatch)
+    loaded = []
+    monkeypatch.setattr("diffcls_plugin.harness.load_classifier", lambda *a, **k: loaded.append(1))
+    with pytest.raises(SystemExit) as exc:
+        harness_cli.main_eval(args)
+    text = str(exc.value.code)
+    assert text.startswith("diffcls: error: ") and "\n" not in text
+    assert __import__("re").search(message, text), text
+    assert loaded == []
+
+
+def test_bad_config_named_by_environment_fails_before_loading(monkeypatch, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("hierarchical:\n  beam: 2\n")
+    monkeypatch.setenv("DIFFCLS_CONFIG", str(path))
+    args = harness_args(["eval", "--model", "diffusion-hier", "--dataset", "cifar10"], monkeypatch)
+    with pytest.raises(SystemExit, match=r"bad\.yaml: unknown key 'hierarchical\.beam'"):
+        harness_cli.main_eval(args)
+
+
+def test_multilabel_webdataset_is_refused(monkeypatch, tmp_path):
+    (tmp_path / "dataset_type.txt").write_text("multilabel\n")
+    args = harness_args(
+        ["eval", "--model", "diffusion-hier", "--dataset", "wds/ml", "--dataset_root", str(tmp_path)], monkeypatch
+    )
+    with pytest.raises(SystemExit, match="multi-label"):
+        harness_cli.main_eval(args)
+
+
+def run_cli(argv, cwd, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_path, tiny_sd, tiny_wds):
+    """The real `clip_benchmark eval` command line, all three samplers, default loader workers."""
+    root, images, labels = tiny_wds
+    config = tmp_path / "diffcls.yaml"
+    config.write_text("adaptive:\n  to_keep: [3, 1]\n  n_samples: [4, 16]\nbaseline:\n  n_timesteps: 16\nhierarchical:\n  beam_factor: 1.5\n")
+    proc = run_cli(
+        ["clip_benchmark", "eval", "--model", "diffusion-baseline", "diffusion-adaptive", "diffusion-hier",
+         "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
+         "--batch_size", "5", "--seed", "7", "--output", str(tmp_path / "{model}.json")],
+        cwd=tmp_path,
+        env_extra={"DIFFCLS_CONFIG": str(config)},
+    )
+    assert "unet_evals_per_s" in proc.stderr  # progress shows UNet evaluations per second
+    evals = {}
+    for name in ("diffusion-baseline", "diffusion-adaptive", "diffusion-hier"):
+        dump = json.loads((tmp_path / f"{name}.json").read_text())
+        assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(dump)
+        assert dump["model"] == name and dump["pretrained"] == "tiny-sd" and dump["dataset"] == "wds/tiny"
+        block = dump["diffcls"]
+        assert block["seed"] == 7 and block["n_images"] == len(images) and block["n_classes"] == len(CLASSNAMES)
+        assert block["checkpoint"]["folder"] == str(tiny_sd.resolve())
+        assert block["config"]["loss"] == "l2" and block["config"]["prompts"] == "first"
+        # independent computation: the same model and options, in this process, without the harness
+        model = load_classifier(name, str(tiny_sd), config=load_config(config), seed=7, progress=False)
+        assert block["config"]["sampler"] == model.options.to_dict()
+        model.prepare(CLASSNAMES, TEMPLATES)
+        results = model.classify(torch.stack([model.transform(img) for img in images]))
+        expected = independent_metrics([r.ranking for r in results], labels, len(CLASSNAMES))
+        assert dump["metrics"] == pytest.approx(expected), name
+        assert block["unet_evals_per_image"] == pytest.approx(sum(r.n_evals for r in results) / len(results))
+        evals[name] = block["unet_evals_per_image"]
+    assert evals["diffusion-baseline"] == 6 * 16
+    assert evals["diffusion-adaptive"] == 6 * 4 + 3 * 12
+    assert evals["diffusion-hier"] < evals["diffusion-baseline"]
+    # the results keep the harness schema: clip_benchmark build reads them
+    run_cli(["clip_benchmark", "build", *map(str, tmp_path.glob("*.json")), "--output", str(tmp_path / "b.csv")], cwd=tmp_path)
+    header = (tmp_path / "b.csv").read_text().splitlines()[0].split(",")
+    assert {"acc1", "model", "pretrained"} <= set(header)
+
+
+def test_default_pretrained_means_sd2_base(monkeypatch):
+    args = harness_args(["eval", "--model", "diffusion-hier", "--dataset", "cifar10"], monkeypatch)
+    from diffcls_plugin.harness import prepare_run
+
+    # one run of the matrix, as clip_benchmark.cli.main_eval hands it to run()
+    args.model, args.pretrained, args.dataset, args.language = "diffusion-hier", args.pretrained[0], "cifar10", "en"
+    ctx = prepare_run(args)
+    assert args.pretrained == "sd2-base"
+    assert ctx.checkpoint.source == "stabilityai/stable-diffusion-2-base"
+
+
+def test_diffcls_eval_passes_the_same_options(tmp_path, tiny_sd, tiny_wds):
+    from click.testing import CliRunner
+
+    from diffcls_plugin.cli import main
+
+    root, images, _ = tiny_wds
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny",
+         "--dataset-root", str(root), "--num-workers", "0", "--output", str(out),
+         "--set", "hierarchical.beam_factor=3", "--set", "hierarchical.direction=descending", "--set", "loss=l1"],
+    )
+    assert result.exit_code == 0, result.output
+    block = json.loads(out.read_text())["diffcls"]
+    assert block["config"]["sampler"]["beam_factor"] == 3
+    assert block["config"]["sampler"]["direction"] == "descending"
+    assert block["config"]["loss"] == "l1"
+    bad = CliRunner().invoke(main, ["eval", "--set", "hierarchical.beam_factr=3"])
+    assert bad.exit_code == 2 and "Did you mean 'hierarchical.beam_factor'" in bad.output
