@@ -9,6 +9,7 @@ sampler; every sampler section is validated, whichever sampler runs::
     image_size: null         # null = the checkpoint's native resolution
     unet_batch_size: 32
     allow_pickle: false
+    compile: false
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
     hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 2, patience: null, direction: ascending}
@@ -51,6 +52,7 @@ class DiffclsConfig:
         image_size: input resolution in pixels; ``None`` is the checkpoint's native resolution.
         unet_batch_size: UNet inputs per forward pass.
         allow_pickle: allow loading ``.bin``/``.ckpt`` pickle weights when no safetensors exist.
+        compile: ``torch.compile`` the UNet (opt-in; pays off on long GPU runs).
         baseline, adaptive, hierarchical: the samplers' options.
     """
 
@@ -60,6 +62,7 @@ class DiffclsConfig:
     image_size: int | None = None
     unet_batch_size: int = 32
     allow_pickle: bool = False
+    compile: bool = False
     baseline: BaselineOptions = field(default_factory=BaselineOptions)
     adaptive: AdaptiveOptions = field(default_factory=AdaptiveOptions)
     hierarchical: HierarchicalOptions = field(default_factory=HierarchicalOptions)
@@ -78,8 +81,9 @@ class DiffclsConfig:
             raise DiffclsError(f"image_size must be null or an integer >= 8, got {self.image_size!r}")
         if isinstance(self.unet_batch_size, bool) or not isinstance(self.unet_batch_size, int) or self.unet_batch_size < 1:
             raise DiffclsError(f"unet_batch_size must be a positive integer, got {self.unet_batch_size!r}")
-        if not isinstance(self.allow_pickle, bool):
-            raise DiffclsError(f"allow_pickle must be true or false, got {self.allow_pickle!r}")
+        for key in ("allow_pickle", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise DiffclsError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for name in SAMPLERS:
             self.sampler_options(name).validate(num_train_timesteps)
 
@@ -137,7 +141,7 @@ def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON file into a mapping, with an error that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise DiffclsError(f"config file {str(path)!r} does not exist; check the path given to --config or ${CONFIG_ENV}")
+        raise DiffclsError(f"config file {str(path)!r} does not exist; check the path")
     text = path.read_text()
     try:
         if path.suffix == ".json":

@@ -158,6 +158,7 @@ class DiffusionClassifier(nn.Module):
         self.latent_shape = adapter.latent_shape(self.image_size)
         self.transform = adapter.transform(self.image_size)
         self.tokenizer = PromptTokenizer()
+        self.unet_batch_size = self.config.unet_batch_size  # halved for the rest of the run on out-of-memory
         self.classnames: list[str] | None = None
         self.prompts: list[list[str]] = []
         self._prompt_embeds: torch.Tensor | None = None  # (P, L, D)
@@ -262,20 +263,30 @@ class DiffusionClassifier(nn.Module):
             features[b, list(result.ranking)] = torch.arange(n_classes, 0, -1, dtype=torch.float32)
         return features.to(images.device)
 
-    def classify(self, images: torch.Tensor) -> list[SamplerResult]:
-        """Run the sampler on each image of a batch, all images' rounds batched together."""
-        n_classes = self.n_classes
+    def scorer(self, images: torch.Tensor) -> ImageBatchScorer:
+        """A batch scorer over ``images``: their latents and noise seeds computed once.
+
+        Args:
+            images: (B, 3, H, W) pixels in [-1, 1] from :attr:`transform`.
+        """
+        self.n_classes  # noqa: B018 - the classes must be prepared
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
             raise DiffclsError(
                 f"images must be (B, 3, {self.image_size}, {self.image_size}) tensors from model.transform, "
                 f"got {tuple(images.shape)}"
             )
-        start = time.perf_counter()
-        evals_before = self.n_unet_evals
         seeds = [image_seed(self.seed, image) for image in images]
         latents = self.adapter.encode_images(images)  # (B, C, h, w) fp32, once per image
-        samplers = [self.sampler.fn(n_classes, self.options, self.adapter.num_train_timesteps) for _ in seeds]
-        scorer = _BatchedScorer(self, latents, seeds)
+        return ImageBatchScorer(self, latents, seeds)
+
+    def classify(self, images: torch.Tensor) -> list[SamplerResult]:
+        """Run the sampler on each image of a batch, all images' rounds batched together."""
+        start = time.perf_counter()
+        evals_before = self.n_unet_evals
+        scorer = self.scorer(images)
+        samplers = [
+            self.sampler.fn(self.n_classes, self.options, self.adapter.num_train_timesteps) for _ in range(len(images))
+        ]
         results = run_samplers(samplers, scorer)
         elapsed = time.perf_counter() - start
         self.n_images += len(results)
@@ -285,6 +296,15 @@ class DiffusionClassifier(nn.Module):
             self.stop_reasons[r.stop_reason] = self.stop_reasons.get(r.stop_reason, 0) + 1
         self._update_progress(len(results), self.n_unet_evals - evals_before, elapsed)
         return results
+
+    def halve_batch_size(self) -> None:
+        """After an out-of-memory error: retry at half the UNet batch size, and keep that size."""
+        if self.unet_batch_size == 1:
+            raise torch.OutOfMemoryError("out of memory with a UNet batch of 1; use a smaller image_size or dtype")
+        self.unet_batch_size //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning("diffcls: out of memory; UNet batch size halved to %d for the rest of the run", self.unet_batch_size)
 
     # ------------------------------------------------------------------ bookkeeping
     def reset_stats(self, n_images: int | None = None) -> None:
@@ -330,6 +350,7 @@ class DiffusionClassifier(nn.Module):
                 "device": str(self.adapter.device),
                 "image_size": self.image_size,
                 "unet_batch_size": self.config.unet_batch_size,
+                "unet_batch_size_used": self.unet_batch_size,
                 "allow_pickle": self.config.allow_pickle,
                 "full": self.config.to_dict(),
             },
@@ -348,7 +369,7 @@ class DiffusionClassifier(nn.Module):
         }
 
 
-class _BatchedScorer:
+class ImageBatchScorer:
     """A :class:`~diffcls_plugin.samplers.BatchScorer` over one batch of images.
 
     Expands each (image, class, timestep, noise) triple into one UNet input per prompt of the
@@ -383,17 +404,22 @@ class _BatchedScorer:
             i, t, n = key
             noises[key] = make_noise(self.seeds[i], t, n, model.latent_shape)
         errors = torch.empty(len(owner), dtype=torch.float32)
-        size = model.config.unet_batch_size
-        for s in range(0, len(owner), size):
-            sl = slice(s, s + size)
+        start = 0
+        while start < len(owner):
+            sl = slice(start, start + model.unet_batch_size)
             idx = torch.tensor(in_image[sl])
-            errors[sl] = adapter.errors(
-                self.latents[idx.to(self.latents.device)],
-                torch.stack([noises[key] for key in in_noise[sl]]),
-                torch.tensor(in_t[sl], dtype=torch.long),
-                embeds[torch.tensor(in_row[sl], device=embeds.device)],
-                model.config.loss,
-            ).cpu()
+            try:
+                errors[sl] = adapter.errors(
+                    self.latents[idx.to(self.latents.device)],
+                    torch.stack([noises[key] for key in in_noise[sl]]),
+                    torch.tensor(in_t[sl], dtype=torch.long),
+                    embeds[torch.tensor(in_row[sl], device=embeds.device)],
+                    model.config.loss,
+                ).cpu()
+            except torch.OutOfMemoryError:
+                model.halve_batch_size()
+                continue
+            start = sl.stop
         model.n_unet_evals += len(owner)
         per_triple = torch.zeros(len(image_idx), dtype=torch.float64)
         per_triple.index_add_(0, torch.tensor(owner), errors.double())
@@ -432,7 +458,12 @@ def load_classifier(
     config.validate()
     checkpoint = pretrained if isinstance(pretrained, Checkpoint) else resolve_checkpoint(pretrained or DEFAULT_CHECKPOINT)
     adapter = load_stable_diffusion(
-        checkpoint, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle, cache_dir=cache_dir
+        checkpoint,
+        device=device,
+        dtype=config.dtype,
+        allow_pickle=config.allow_pickle,
+        cache_dir=cache_dir,
+        compile=config.compile,
     )
     return DiffusionClassifier(
         adapter, sampler, config, seed=seed, checkpoint=checkpoint, model_name=model_name, progress=progress

@@ -254,3 +254,35 @@ def test_result_block_records_the_run(tiny_sd):
     assert block["unet_evals_per_image"] == sum(r.n_evals for r in results) / 3
     assert block["seconds_per_image"] > 0
     assert block["versions"]["torch"] == torch.__version__.split("+")[0] or block["versions"]["torch"]
+
+
+def test_out_of_memory_halves_the_unet_batch_and_keeps_the_size_that_worked(tiny_sd):
+    config = load_config(None, ["unet_batch_size=32", "baseline.n_timesteps=4"])
+    reference = load_classifier("diffusion-baseline", str(tiny_sd), config=load_config(None, ["unet_batch_size=4", "baseline.n_timesteps=4"]), progress=False)
+    model = load_classifier("diffusion-baseline", str(tiny_sd), config=config, progress=False)
+    for m in (model, reference):
+        m.prepare(CLASSNAMES, TEMPLATES)
+    real_errors = model.adapter.errors
+    sizes = []
+
+    def errors_with_little_memory(latents, *args, **kwargs):
+        sizes.append(len(latents))
+        if len(latents) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_errors(latents, *args, **kwargs)
+
+    model.adapter.errors = errors_with_little_memory
+    x = pixels(model, random_images(2))
+    results = model.classify(x)
+    assert sizes[:4] == [32, 16, 8, 4]  # halved after each failure
+    assert set(sizes[4:]) == {4}  # and the size that worked is kept
+    assert model.unet_batch_size == 4 and model.result_block()["config"]["unet_batch_size_used"] == 4
+    expected = reference.classify(x)
+    assert [r.scores for r in results] == [r.scores for r in expected]  # same batches, same numbers
+
+    def always_oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("simulated")
+
+    model.adapter.errors = always_oom
+    with pytest.raises(torch.OutOfMemoryError, match="UNet batch of 1"):
+        model.classify(x)

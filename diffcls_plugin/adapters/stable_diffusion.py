@@ -56,12 +56,26 @@ class StableDiffusionAdapter:
             The scheduler is only read (``add_noise``, ``get_velocity``, its config), never changed.
         device: where to compute.
         dtype: compute precision of the three networks; errors are accumulated in fp32.
+        compile: ``torch.compile`` the UNet.
+
+    On CUDA the UNet runs channels-last, with scaled-dot-product attention, and fp32 matmuls may
+    use TF32.
     """
 
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device="cpu", dtype=torch.float32) -> None:
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device="cpu", dtype=torch.float32, compile=False) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet = _to(unet, self.device, dtype)
+        if hasattr(self.unet, "set_attn_processor"):
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled-dot-product attention
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+        if compile:
+            self.unet = torch.compile(self.unet)
         self.vae = _to(vae, self.device, dtype)
         self.text_encoder = _to(text_encoder, self.device, dtype)
         self.tokenizer = tokenizer
@@ -169,6 +183,7 @@ def load_stable_diffusion(
     dtype: str = "auto",
     allow_pickle: bool = False,
     cache_dir: str | None = None,
+    compile: bool = False,
 ) -> StableDiffusionAdapter:
     """Load a checkpoint's components (safetensors only unless ``allow_pickle``; never remote code).
 
@@ -204,4 +219,6 @@ def load_stable_diffusion(
             "offline runs need the weights in the hub cache"
         )
         raise DiffclsError(f"could not load Stable Diffusion {where} {checkpoint.source!r}: {err}; {fix}") from err
-    return StableDiffusionAdapter(unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=torch_dtype)
+    return StableDiffusionAdapter(
+        unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=torch_dtype, compile=compile
+    )
