@@ -61,6 +61,112 @@ def eval_command(models, pretrained, datasets, dataset_root, config_path, overri
     run_harness(argv, config)
 
 
+@main.command("table")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown", show_default=True)
+@click.option("--recall/--no-recall", default=False, help="Also show mean per-class recall.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to a file instead of stdout.")
+def table_command(results, fmt, recall, output) -> None:
+    """Leaderboard from harness result JSON files or folders (ours and plain CLIP_benchmark ones).
+
+    Top-1 and recall in percent (the CSV keeps the raw fractions, as `clip_benchmark build`);
+    speed-up is the baseline sampler's seconds per image over the row's, same checkpoint and dataset.
+    """
+    from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.leaderboard import build_table, read_results, render
+
+    try:
+        text = render(build_table(read_results(results)), fmt, recall=recall)
+    except DiffclsError as err:
+        raise click.ClickException(str(err)) from None
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("check")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Reference values (JSON).")
+@click.option("--update", is_flag=True, help="Write the results' values as the new reference instead of checking.")
+def check_command(results, reference, update) -> None:
+    """Compare results with reference values; exit 1 on a regression beyond tolerance.
+
+    Accuracy tolerances default to 3 binomial standard errors at the number of images
+    (Agresti-Coull); UNet evaluations per image to 5 % relative.
+    """
+    import json
+    from pathlib import Path
+
+    from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.leaderboard import read_results
+    from diffcls_plugin.regression import check, read_reference, reference_from
+
+    try:
+        found = read_results(results)
+        if update:
+            previous = read_reference(reference) if Path(reference).is_file() else None
+            Path(reference).write_text(json.dumps(reference_from(found, previous), indent=2) + "\n")
+            click.echo(f"wrote {len(found)} entries to {reference}")
+            return
+        checks = check(found, read_reference(reference))
+    except DiffclsError as err:
+        raise click.ClickException(str(err)) from None
+    for c in checks:
+        click.echo(c.line())
+    failed = [c for c in checks if c.status in ("regression", "missing")]
+    click.echo(f"{len(checks)} checks, {len(failed)} failed")
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command("run")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", default=None, help="Result folder (default: the config's output).")
+@click.option("--force", is_flag=True, help="Rerun cells whose result already exists with the same config.")
+def run_command(config_path, output, force) -> None:
+    """Run a benchmark matrix (models x datasets) through the harness, one result JSON per cell.
+
+    A cell whose result file holds the same config hash is skipped.
+    """
+    import dataclasses
+
+    from diffcls_plugin.benchmark import load_benchmark, run_benchmark
+    from diffcls_plugin.errors import DiffclsError
+
+    try:
+        config = load_benchmark(config_path)
+        if output:
+            config = dataclasses.replace(config, output=output)
+        run_benchmark(config, force=force, echo=lambda text: click.echo(text, err=True))
+    except DiffclsError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the three result JSON files (default: a fresh diffcls-demo-<time> folder).")
+def demo_command(out_dir) -> None:
+    """Baseline vs adaptive vs hierarchical on the embedded tiny-digits model and its held-out digits.
+
+    Runs offline through the real `clip_benchmark eval` path and prints the comparison table.
+    """
+    import dataclasses
+    import time
+    from importlib import resources
+
+    from diffcls_plugin.benchmark import load_benchmark, run_benchmark
+    from diffcls_plugin.leaderboard import build_table, read_results, render
+
+    out_dir = out_dir or time.strftime("diffcls-demo-%Y%m%d-%H%M%S")
+    config = load_benchmark(resources.files("diffcls_plugin") / "configs" / "demo.yaml")
+    config = dataclasses.replace(config, output=out_dir)
+    click.echo(f"diffcls demo: {config.description}\nresults go to {out_dir}/", err=True)
+    files = run_benchmark(config, force=True, echo=lambda text: click.echo(text, err=True))
+    click.echo(render(build_table(read_results(files)), "markdown", recall=True))
+
+
 def run_harness(argv: list[str], config) -> None:
     """Run ``clip_benchmark.cli.main`` in this process with ``argv`` and the given config."""
     from diffcls_plugin.harness import register, use_config

@@ -33,6 +33,7 @@ from typing import Any
 from diffcls_plugin.config import DiffclsConfig, config_from_env
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.model import MODELS, DiffusionClassifier, load_classifier
+from diffcls_plugin.subset import SubsetSpec, fingerprint, select
 from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class RunContext:
 
 _active: RunContext | None = None
 _config_override: DiffclsConfig | None = None
+_subset: SubsetSpec | None = None
+last_dataset: dict[str, Any] = {}  # what the last build_dataset call produced: n_images, subset
 
 
 @contextlib.contextmanager
@@ -67,6 +70,19 @@ def use_config(config: DiffclsConfig):
         yield
     finally:
         _config_override = previous
+
+
+@contextlib.contextmanager
+def use_subset(spec: SubsetSpec | None):
+    """Evaluate harness datasets built in this process on a stratified subset (see :mod:`subset`)."""
+    global _subset
+    if spec is not None:
+        spec.validate()
+    previous, _subset = _subset, spec
+    try:
+        yield
+    finally:
+        _subset = previous
 
 
 def is_diffusion_model(model_type: str, model_name: str) -> bool:
@@ -226,13 +242,105 @@ def _zoo_names() -> set[str]:
     return set(zoo())
 
 
-def add_result_block(path: str, model: DiffusionClassifier) -> None:
-    """Add the ``diffcls`` block to a result JSON the harness wrote."""
+def add_result_block(path: str, block: dict[str, Any]) -> None:
+    """Merge ``block`` into the ``diffcls`` block of a result JSON the harness wrote."""
     with open(path) as f:
         dump: dict[str, Any] = json.load(f)
-    dump["diffcls"] = model.result_block()
+    dump["diffcls"] = {**dump.get("diffcls", {}), **block}
     with open(path, "w") as f:
         json.dump(dump, f, indent=None)
+
+
+# ------------------------------------------------------------------------------ subsets
+def dataset_labels(dataset) -> list[int]:
+    """Every image's label, read from the dataset's label attributes when it has them."""
+    for attr in ("targets", "labels", "_labels"):
+        labels = getattr(dataset, attr, None)
+        if labels is not None and len(labels) == len(dataset):
+            return [int(y) for y in labels]
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
+    if samples is not None and len(samples) == len(dataset):
+        return [int(y) for _, y in samples]
+    transform = getattr(dataset, "transform", None)
+    try:  # read every sample, without the (expensive) image transform where possible
+        if transform is not None:
+            dataset.transform = None
+        return [int(dataset[i][1]) for i in range(len(dataset))]
+    finally:
+        if transform is not None:
+            dataset.transform = transform
+
+
+def wds_members(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]], list[int]]:
+    """(shard paths, (shard, key) of every sample, labels) of a local webdataset, without decoding images."""
+    import tarfile
+
+    nshards = int((root / split / "nshards.txt").read_text().strip())
+    shards = [str(root / split / f"{i}.tar") for i in range(nshards)]
+    ids, labels = [], []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(".cls"):
+                    ids.append((shard, member.name[: -len(".cls")]))
+                    labels.append(int(tar.extractfile(member).read().decode().strip()))
+    return shards, ids, labels
+
+
+def wds_subset(dataset, root: Path, split: str, transform, spec: SubsetSpec):
+    """The harness's webdataset pipeline restricted to a stratified subset of its samples."""
+    import webdataset as wds
+
+    if not (root / split / "nshards.txt").is_file():
+        raise DiffclsError(f"subsets of webdatasets need a local --dataset_root with {split}/nshards.txt; {root} has none")
+    shards, ids, labels = wds_members(root, split)
+    # a canonical order, whatever the sharding: samples sorted by key (then shard)
+    order = sorted(range(len(ids)), key=lambda i: (ids[i][1], ids[i][0]))
+    ids, labels = [ids[i] for i in order], [labels[i] for i in order]
+    idx = select(labels, spec)
+    keep = {ids[i] for i in idx}
+    subset = (
+        wds.WebDataset(shards, nodesplitter=lambda src: src, shardshuffle=False)
+        .select(lambda sample: (sample["__url__"], sample["__key__"]) in keep)
+        .decode(wds.autodecode.ImageHandler("pil", extensions=["webp", "png", "jpg", "jpeg"]))
+        .to_tuple(["webp", "png", "jpg", "jpeg"], "cls")
+        .map_tuple(transform, None)
+    )
+    subset.classes, subset.templates = dataset.classes, dataset.templates
+    return subset, idx
+
+
+def subset_of(dataset, dataset_name: str, root: str, split: str, transform, spec: SubsetSpec):
+    """(subset dataset, chosen indices) for a map-style or local webdataset harness dataset."""
+    import torch
+
+    if dataset_name.startswith("wds/"):
+        return wds_subset(dataset, Path(root), split, transform, spec)
+    idx = select(dataset_labels(dataset), spec)
+    subset = torch.utils.data.Subset(dataset, idx.tolist())
+    for attr in ("classes", "templates"):
+        setattr(subset, attr, getattr(dataset, attr, None))
+    return subset, idx
+
+
+def _wrap_build_dataset(build_dataset):
+    @functools.wraps(build_dataset)
+    def build(dataset_name, root="root", transform=None, split="test", *args, **kwargs):
+        dataset = build_dataset(dataset_name, root, transform, split, *args, **kwargs)
+        last_dataset.clear()
+        if _subset is None:
+            try:
+                last_dataset["n_images"] = len(dataset)
+            except TypeError:
+                pass
+            return dataset
+        subset, idx = subset_of(dataset, dataset_name, root, split, transform, _subset)
+        last_dataset.update(n_images=len(idx), subset={**_subset.to_dict(), "n_images": len(idx), "indices_sha256": fingerprint(idx)})
+        print(f"diffcls: evaluating a stratified subset of {dataset_name}: {len(idx)} images ({_subset.to_dict()})", file=sys.stderr)
+        return subset
+
+    build._diffcls_wrapped = True
+    return build
 
 
 def patch_cli(module) -> None:
@@ -259,10 +367,14 @@ def patch_cli(module) -> None:
             _active = None
         wrote = ctx.model is not None and ctx.model.n_images > 0 and os.path.exists(output)
         if wrote and not (existed and args.skip_existing):
-            add_result_block(output, ctx.model)
+            block = ctx.model.result_block()
+            if "subset" in last_dataset:
+                block["subset"] = last_dataset["subset"]
+            add_result_block(output, block)
         return status
 
     module.run = run
+    module.build_dataset = _wrap_build_dataset(module.build_dataset)  # the name run() calls
     setattr(module, PATCHED, True)
 
 

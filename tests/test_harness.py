@@ -168,7 +168,7 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
     config.write_text("adaptive:\n  to_keep: [3, 1]\n  n_samples: [4, 16]\nbaseline:\n  n_timesteps: 16\nhierarchical:\n  beam_factor: 1.5\n")
     proc = run_cli(
         ["clip_benchmark", "eval", "--model", "diffusion-baseline", "diffusion-adaptive", "diffusion-hier",
-         "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
+         "--model_type", "diffusion", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
          "--batch_size", "5", "--seed", "7", "--output", str(tmp_path / "{model}.json")],
         cwd=tmp_path,
         env_extra={"DIFFCLS_CONFIG": str(config)},

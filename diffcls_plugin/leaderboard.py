@@ -1,0 +1,231 @@
+"""Leaderboards from harness result JSON files (ours and plain CLIP_benchmark ones alike).
+
+Rows are models (a diffusion sampler on a checkpoint, or a CLIP model), columns datasets. For
+each dataset the table shows top-1 (and mean per-class recall when asked), and for diffusion
+rows the UNet evaluations per image, seconds per image and the speed-up in time against the
+baseline sampler of the same checkpoint on the same dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffcls_plugin.errors import DiffclsError
+
+SAMPLER_ORDER = {"diffusion-baseline": 0, "diffusion-adaptive": 1, "diffusion-hier": 2}
+FORMATS = ("markdown", "csv", "latex")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One harness result file."""
+
+    path: str
+    dataset: str
+    model: str
+    pretrained: str
+    metrics: dict[str, float]
+    diffcls: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The row label: the runner's label if it gave one, else ``model pretrained``."""
+        return self.diffcls.get("label") or f"{self.model} {self.pretrained}"
+
+    @property
+    def is_diffusion(self) -> bool:
+        return "sampler" in self.diffcls
+
+    @property
+    def checkpoint(self) -> str:
+        return self.pretrained
+
+    def value(self, key: str) -> float | None:
+        """A metric (``acc1``, ``mean_per_class_recall`` ...) or a cost from the ``diffcls`` block."""
+        if key in self.metrics:
+            return self.metrics[key]
+        value = self.diffcls.get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+def read_results(paths: Iterable[str | os.PathLike]) -> list[Result]:
+    """Read result files; a folder means every ``*.json`` file directly inside it."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.json")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DiffclsError(f"result path {str(p)!r} does not exist")
+    results = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            raise DiffclsError(f"{f}: not a JSON file ({err})") from None
+        missing = [k for k in ("dataset", "model", "pretrained", "metrics") if k not in data]
+        if missing:
+            raise DiffclsError(f"{f}: not a CLIP_benchmark result (missing {', '.join(missing)})")
+        results.append(Result(str(f), data["dataset"], data["model"], data["pretrained"], data["metrics"], data.get("diffcls", {})))
+    if not results:
+        raise DiffclsError("no result files found; pass JSON files or folders that hold them")
+    return results
+
+
+@dataclass
+class Cell:
+    top1: float | None = None
+    recall: float | None = None
+    evals: float | None = None
+    seconds: float | None = None
+    speedup: float | None = None
+    eval_ratio: float | None = None
+
+
+@dataclass
+class Table:
+    rows: list[str]
+    datasets: list[str]
+    cells: dict[tuple[str, str], Cell]
+    raw: dict[tuple[str, str], Result]
+
+
+def _row_key(result: Result) -> tuple:
+    diffusion = result.is_diffusion
+    return (
+        0 if diffusion else 1,
+        result.checkpoint if diffusion else "",
+        SAMPLER_ORDER.get(result.model, 9) if diffusion else 0,
+        0 if result.label == f"{result.model} {result.pretrained}" else 1,  # default options first
+        result.label,
+    )
+
+
+def build_table(results: list[Result]) -> Table:
+    """Arrange results into rows and columns; later files win on duplicate (row, dataset)."""
+    raw: dict[tuple[str, str], Result] = {}
+    order: dict[str, tuple] = {}
+    for r in results:
+        raw[(r.label, r.dataset)] = r
+        order[r.label] = _row_key(r)
+    rows = sorted(order, key=lambda label: order[label])
+    datasets = sorted({r.dataset for r in results})
+    cells: dict[tuple[str, str], Cell] = {}
+    for (label, dataset), r in raw.items():
+        cell = Cell(
+            top1=r.value("acc1"),
+            recall=r.value("mean_per_class_recall"),
+            evals=r.value("unet_evals_per_image"),
+            seconds=r.value("seconds_per_image"),
+        )
+        base = _baseline_for(r, raw)
+        if base is not None and cell.seconds and base.value("seconds_per_image"):
+            cell.speedup = base.value("seconds_per_image") / cell.seconds
+        if base is not None and cell.evals and base.value("unet_evals_per_image"):
+            cell.eval_ratio = base.value("unet_evals_per_image") / cell.evals
+        cells[(label, dataset)] = cell
+    return Table(rows, datasets, cells, raw)
+
+
+def _baseline_for(result: Result, raw: dict[tuple[str, str], Result]) -> Result | None:
+    if not result.is_diffusion:
+        return None
+    candidates = [
+        r
+        for r in raw.values()
+        if r.dataset == result.dataset and r.model == "diffusion-baseline" and r.checkpoint == result.checkpoint
+    ]
+    if not candidates:
+        return None
+    default = [r for r in candidates if r.label == f"{r.model} {r.pretrained}"]
+    return (default or candidates)[0]
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * scale:{spec}}{suffix}"
+
+
+def _columns(recall: bool) -> list[tuple[str, str]]:
+    cols = [("top1", "top-1 ↑")]
+    if recall:
+        cols.append(("recall", "recall ↑"))
+    cols += [("evals", "evals/img ↓"), ("seconds", "s/img ↓"), ("speedup", "speed-up ↑")]
+    return cols
+
+
+def _display(cell: Cell, key: str) -> str:
+    if key in ("top1", "recall"):
+        return _fmt(getattr(cell, key), ".1f", 100)
+    if key == "evals":
+        return _fmt(cell.evals, ",.0f" if (cell.evals or 0) >= 100 else ".1f")
+    if key == "seconds":
+        return _fmt(cell.seconds, ".3g")
+    return _fmt(cell.speedup, ".2f", suffix="×")
+
+
+def render(table: Table, fmt: str = "markdown", recall: bool = False) -> str:
+    """Render a table as Markdown (default), CSV (raw values, as ``clip_benchmark build``) or LaTeX."""
+    if fmt not in FORMATS:
+        raise DiffclsError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    cols = _columns(recall)
+    if fmt == "csv":
+        return _render_csv(table)
+    header = ["model"] + [f"{d} {title}" for d in table.datasets for _, title in cols]
+    body = [[row] + [_display(table.cells.get((row, d), Cell()), key) for d in table.datasets for key, _ in cols] for row in table.rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines) + "\n"
+    return _render_latex(table, cols, body)
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("×", r"$\times$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("–", "--")):
+        text = text.replace(a, b)
+    return text
+
+
+def _render_latex(table: Table, cols, body) -> str:
+    n = len(cols)
+    lines = [r"\begin{tabular}{l" + ("r" * n * len(table.datasets)) + "}", r"\toprule"]
+    lines.append(" & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_latex_escape(d)}}}" for d in table.datasets) + r" \\")
+    lines.append("model & " + " & ".join(_latex_escape(title) for _ in table.datasets for _, title in cols) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(_latex_escape(c) for c in r) + r" \\" for r in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _render_csv(table: Table) -> str:
+    """One line per result, raw values (fractions, not percent), as ``clip_benchmark build`` writes them."""
+    out = io.StringIO()
+    fields = ["model", "dataset", "model_name", "pretrained", "acc1", "acc5", "mean_per_class_recall",
+              "unet_evals_per_image", "seconds_per_image", "speedup", "eval_ratio"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in table.rows:
+        for d in table.datasets:
+            r = table.raw.get((row, d))
+            if r is None:
+                continue
+            cell = table.cells[(row, d)]
+            writer.writerow({
+                "model": row, "dataset": d, "model_name": r.model, "pretrained": r.pretrained,
+                "acc1": r.metrics.get("acc1"), "acc5": r.metrics.get("acc5"),
+                "mean_per_class_recall": r.metrics.get("mean_per_class_recall"),
+                "unet_evals_per_image": r.diffcls.get("unet_evals_per_image"),
+                "seconds_per_image": r.diffcls.get("seconds_per_image"),
+                "speedup": cell.speedup, "eval_ratio": cell.eval_ratio,
+            })
+    return out.getvalue()

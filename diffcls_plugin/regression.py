@@ -1,0 +1,145 @@
+"""Regression checks of results against stored reference values (``diffcls check``).
+
+Default tolerances follow from the numbers themselves:
+
+- accuracies (``acc1``, ``acc5``, ``mean_per_class_recall``) on ``n`` images: ``z`` binomial
+  standard errors, ``z * sqrt(p (1 - p) / n)`` with the Agresti-Coull estimate
+  ``p = (k + 2) / (n + 4)`` (so a perfect 1.0 on a small subset still gets a non-zero
+  tolerance); ``z = 3`` unless the reference says otherwise. A change smaller than this is what
+  re-drawing the subset could produce, not evidence of a regression.
+- ``unet_evals_per_image``: 5 % relative (it is deterministic for a fixed model and seed, but
+  early stopping follows the predictions).
+- anything else, e.g. ``seconds_per_image``: only when the reference gives a tolerance.
+
+A regression is a change in the worse direction beyond the tolerance; improvements beyond it
+are reported and pass (update the reference deliberately with ``--update``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.leaderboard import Result
+
+ACCURACY_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+LOWER_IS_BETTER = ("unet_evals_per_image", "seconds_per_image", "sampler_evals_per_image")
+DEFAULT_Z = 3.0
+DEFAULT_REL = {"unet_evals_per_image": 0.05}
+CHECKED_BY_DEFAULT = ACCURACY_METRICS + ("unet_evals_per_image",)
+
+
+def binomial_tolerance(p: float, n: int, z: float = DEFAULT_Z) -> float:
+    """``z`` standard errors of an accuracy ``p`` measured on ``n`` images (Agresti-Coull)."""
+    if n < 1:
+        raise DiffclsError(f"n_images must be positive for a binomial tolerance, got {n}")
+    p_adj = (p * n + 2) / (n + 4)
+    return z * math.sqrt(p_adj * (1 - p_adj) / (n + 4))
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str
+    dataset: str
+    metric: str
+    old: float | None
+    new: float | None
+    tolerance: float | None
+    status: str  # "ok", "regression", "improved", "missing"
+    rule: str
+
+    def line(self) -> str:
+        old = "–" if self.old is None else f"{self.old:.4g}"
+        new = "–" if self.new is None else f"{self.new:.4g}"
+        tol = "–" if self.tolerance is None else f"±{self.tolerance:.4g}"
+        return f"{self.status.upper():10s} {self.label} / {self.dataset} / {self.metric}: old {old}, new {new}, tolerance {tol} ({self.rule})"
+
+
+def _entry_key(label: str, dataset: str) -> tuple[str, str]:
+    return (label, dataset)
+
+
+def read_reference(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclsError(f"reference file {str(path)!r} does not exist; create it with diffcls check RESULTS --reference {path} --update")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DiffclsError(f"reference file {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise DiffclsError(f"reference file {str(path)!r} needs an 'entries' list")
+    unknown = set(data) - {"description", "z", "tolerances", "entries"}
+    if unknown:
+        raise DiffclsError(f"reference file {str(path)!r}: unknown key(s) {', '.join(sorted(unknown))}; valid: description, z, tolerances, entries")
+    return data
+
+
+def _tolerance(metric: str, old: float, n: int | None, reference: dict[str, Any], entry: dict[str, Any]) -> tuple[float | None, str]:
+    rules = {**reference.get("tolerances", {}), **entry.get("tolerances", {})}
+    rule = rules.get(metric)
+    z = float(reference.get("z", DEFAULT_Z))
+    if rule is None:
+        if metric in ACCURACY_METRICS:
+            if not n:
+                raise DiffclsError(f"no n_images for {entry.get('label')} / {entry.get('dataset')}: needed for the binomial tolerance of {metric}")
+            return binomial_tolerance(old, n, z), f"{z:g} binomial SE at n={n}"
+        if metric in DEFAULT_REL:
+            return DEFAULT_REL[metric] * abs(old), f"{DEFAULT_REL[metric]:.0%} relative"
+        return None, "not checked"
+    if "abs" in rule:
+        return float(rule["abs"]), "absolute"
+    if "rel" in rule:
+        return float(rule["rel"]) * abs(old), f"{float(rule['rel']):.0%} relative"
+    if "binomial" in rule:
+        z = float(rule["binomial"])
+        return binomial_tolerance(old, n or 0, z), f"{z:g} binomial SE at n={n}"
+    raise DiffclsError(f"tolerance for {metric} must be {{abs: x}}, {{rel: x}} or {{binomial: z}}, got {rule!r}")
+
+
+def check(results: list[Result], reference: dict[str, Any]) -> list[Check]:
+    """Compare results with reference entries; every entry must have a matching result."""
+    by_key = {_entry_key(r.label, r.dataset): r for r in results}
+    checks = []
+    for entry in reference["entries"]:
+        label, dataset = entry["label"], entry["dataset"]
+        result = by_key.get(_entry_key(label, dataset))
+        for metric, old in entry["metrics"].items():
+            if result is None:
+                checks.append(Check(label, dataset, metric, old, None, None, "missing", "no result file for this entry"))
+                continue
+            new = result.value(metric)
+            n = result.diffcls.get("n_images") or entry.get("n_images")
+            tol, rule = _tolerance(metric, old, n, reference, entry)
+            if tol is None:
+                continue
+            if new is None or (isinstance(new, float) and math.isnan(new)) != (isinstance(old, float) and math.isnan(old)):
+                checks.append(Check(label, dataset, metric, old, new, tol, "missing", "metric absent from the result"))
+                continue
+            if isinstance(old, float) and math.isnan(old):
+                continue
+            worse = (new - old) if metric in LOWER_IS_BETTER else (old - new)
+            status = "regression" if worse > tol + 1e-12 else "improved" if -worse > tol + 1e-12 else "ok"
+            checks.append(Check(label, dataset, metric, old, new, tol, status, rule))
+    return checks
+
+
+def reference_from(results: list[Result], previous: dict[str, Any] | None = None, metrics=CHECKED_BY_DEFAULT) -> dict[str, Any]:
+    """A reference holding the results' current values (kept: the previous z and tolerances)."""
+    previous = previous or {}
+    entries = []
+    for r in sorted(results, key=lambda r: (r.label, r.dataset)):
+        values = {m: r.value(m) for m in metrics if r.value(m) is not None}
+        entry: dict[str, Any] = {"label": r.label, "dataset": r.dataset, "metrics": values}
+        if r.diffcls.get("n_images"):
+            entry["n_images"] = r.diffcls["n_images"]
+        entries.append(entry)
+    out = {k: previous[k] for k in ("description", "z", "tolerances") if k in previous}
+    out.setdefault("z", DEFAULT_Z)
+    out["entries"] = entries
+    return out

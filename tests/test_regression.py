@@ -1,0 +1,97 @@
+"""`diffcls check`: binomial tolerances, pass and fail on fixtures, deliberate --update."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from diffcls_plugin.cli import main
+from diffcls_plugin.regression import binomial_tolerance
+
+RESULTS = Path(__file__).parent / "fixtures" / "results"
+
+
+def test_binomial_tolerance_is_three_standard_errors():
+    p, n = 0.9, 100
+    p_adj = (p * n + 2) / (n + 4)
+    assert binomial_tolerance(p, n) == pytest.approx(3 * math.sqrt(p_adj * (1 - p_adj) / (n + 4)))
+    assert binomial_tolerance(1.0, 50) > 0.03  # a perfect score on 50 images is not a zero tolerance
+    assert binomial_tolerance(0.9, 400) < binomial_tolerance(0.9, 100)
+
+
+def make_reference(tmp_path):
+    ref = tmp_path / "ref.json"
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref), "--update"])
+    assert result.exit_code == 0, result.output
+    return ref
+
+
+def test_update_then_check_passes(tmp_path):
+    ref = make_reference(tmp_path)
+    data = json.loads(ref.read_text())
+    entry = next(e for e in data["entries"] if e["label"] == "diffusion-hier tiny-digits" and e["dataset"] == "wds/digits")
+    assert entry["metrics"]["acc1"] == 0.92 and entry["n_images"] == 400
+    data["entries"] = [e for e in data["entries"] if "RN50" not in e["label"]]  # no n_images for plain results
+    ref.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 0, result.output
+    assert "0 failed" in result.output
+
+
+def test_a_drop_beyond_tolerance_fails_and_names_old_new_and_tolerance(tmp_path):
+    ref = make_reference(tmp_path)
+    data = json.loads(ref.read_text())
+    data["entries"] = [e for e in data["entries"] if e["label"] == "diffusion-hier tiny-digits" and e["dataset"] == "wds/digits"]
+    tol = binomial_tolerance(0.97, 400)
+    data["entries"][0]["metrics"]["acc1"] = 0.97  # the stored value was higher than the new 0.92
+    data["entries"][0]["metrics"]["unet_evals_per_image"] = 15.0  # now 17.4: +16 % > 5 %
+    ref.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 1
+    assert 0.97 - 0.92 > tol
+    assert f"REGRESSION diffusion-hier tiny-digits / wds/digits / acc1: old 0.97, new 0.92, tolerance ±{tol:.4g}" in result.output
+    assert "unet_evals_per_image: old 15, new 17.4, tolerance ±0.75 (5% relative)" in result.output
+
+
+def test_a_drop_within_tolerance_and_an_improvement_pass(tmp_path):
+    ref = make_reference(tmp_path)
+    data = json.loads(ref.read_text())
+    data["entries"] = [e for e in data["entries"] if e["label"] == "diffusion-hier tiny-digits" and e["dataset"] == "wds/digits"]
+    data["entries"][0]["metrics"]["acc1"] = 0.95  # new 0.92: 3 points, inside 3 SE at n = 400
+    data["entries"][0]["metrics"]["unet_evals_per_image"] = 30.0  # new 17.4: cheaper, improved
+    ref.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 0, result.output
+    assert "IMPROVED" in result.output
+
+
+def test_missing_result_and_explicit_tolerances(tmp_path):
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({
+        "tolerances": {"acc1": {"abs": 0.001}, "seconds_per_image": {"rel": 0.5}},
+        "entries": [
+            {"label": "diffusion-hier tiny-digits", "dataset": "wds/digits", "n_images": 50,
+             "metrics": {"acc1": 0.925, "seconds_per_image": 0.02}},
+            {"label": "nobody", "dataset": "wds/digits", "metrics": {"acc1": 0.5}},
+        ],
+    }))
+    only = tmp_path / "r"
+    only.mkdir()
+    shutil.copy(RESULTS / "digits_hier.json", only)
+    result = CliRunner().invoke(main, ["check", str(only), "--reference", str(ref)])
+    assert result.exit_code == 1
+    assert "REGRESSION diffusion-hier tiny-digits / wds/digits / acc1: old 0.925, new 0.92, tolerance ±0.001 (absolute)" in result.output
+    assert "seconds_per_image: old 0.02, new 0.05, tolerance ±0.01 (50% relative)" in result.output
+    assert "MISSING    nobody / wds/digits / acc1" in result.output
+
+
+def test_bad_reference_file(tmp_path):
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"entries": [], "tolerance": {}}))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 1 and "unknown key(s) tolerance" in result.output
