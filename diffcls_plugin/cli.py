@@ -125,23 +125,30 @@ def check_command(results, reference, update) -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", default=None, help="Result folder (default: the config's output).")
 @click.option("--force", is_flag=True, help="Rerun cells whose result already exists with the same config.")
-def run_command(config_path, output, force) -> None:
+@click.option("--check", "check_reference", is_flag=True, help="Then check the results against the config's reference file.")
+def run_command(config_path, output, force, check_reference) -> None:
     """Run a benchmark matrix (models x datasets) through the harness, one result JSON per cell.
 
     A cell whose result file holds the same config hash is skipped.
     """
     import dataclasses
+    from pathlib import Path
 
     from diffcls_plugin.benchmark import load_benchmark, run_benchmark
     from diffcls_plugin.errors import DiffclsError
 
     try:
         config = load_benchmark(config_path)
+        if check_reference and not config.reference:
+            raise DiffclsError(f"{config_path}: --check needs a 'reference' file in the config")
         if output:
             config = dataclasses.replace(config, output=output)
-        run_benchmark(config, force=force, echo=lambda text: click.echo(text, err=True))
+        files = run_benchmark(config, force=force, echo=lambda text: click.echo(text, err=True))
     except DiffclsError as err:
         raise click.ClickException(str(err)) from None
+    if check_reference:
+        reference = Path(config_path).parent / config.reference
+        click.get_current_context().invoke(check_command, results=[str(f) for f in files], reference=str(reference), update=False)
 
 
 @main.command("demo")

@@ -406,7 +406,9 @@ class ImageBatchScorer:
         errors = torch.empty(len(owner), dtype=torch.float32)
         start = 0
         while start < len(owner):
-            sl = slice(start, start + model.unet_batch_size)
+            # equal chunks of at most unet_batch_size: no small last batch (e.g. 640 -> 3 x 214, not 256 + 256 + 128)
+            n_chunks = -(-(len(owner) - start) // model.unet_batch_size)
+            sl = slice(start, start + -(-(len(owner) - start) // n_chunks))
             idx = torch.tensor(in_image[sl])
             try:
                 errors[sl] = adapter.errors(

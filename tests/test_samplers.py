@@ -167,7 +167,7 @@ def test_no_early_stop_while_the_best_class_changes():
     def score(class_idx, timesteps, noise_idx):
         return [(0.0 if t < 300 else 1.0) if c == 0 else 0.2 for c, t in zip(class_idx, timesteps)]
 
-    options = HierarchicalOptions(beam_factor=1, patience=4, t_step=100)  # t = 0, 100, ..., 900
+    options = HierarchicalOptions(beam_factor=1, patience=4, t_step=100, direction="ascending")  # t = 0, 100, ..., 900
     result = classify(hierarchical(2, options), score)
     # class 0's mean: 0, 0, 0, .25, .4, ...: it leads rounds 1-3 (2 further rounds), class 1 from
     # round 4; class 1 has stayed best for 4 further rounds at round 8
@@ -185,14 +185,15 @@ def test_ranking_puts_pruned_classes_below_survivors_by_prune_time_then_error():
 
 
 def test_directions_visit_the_same_grid_in_their_order():
-    asc = schedule(HierarchicalOptions(n_timesteps=8))
+    asc = schedule(HierarchicalOptions(n_timesteps=8, direction="ascending"))
     assert asc == li_timesteps(1000, 8)
     assert schedule(HierarchicalOptions(n_timesteps=8, direction="descending")) == asc[::-1]
     center = schedule(HierarchicalOptions(n_timesteps=8, direction="center-out"))
     assert sorted(center) == asc
     assert [abs(t - 500) for t in center] == sorted(abs(t - 500) for t in asc)
-    assert schedule(HierarchicalOptions(t_start=100, t_end=500, t_step=100, n_timesteps=None)) == [100, 200, 300, 400]
-    assert schedule(HierarchicalOptions(t_start=100, t_end=500, n_timesteps=4)) == [150, 250, 350, 450]
+    assert schedule(HierarchicalOptions(t_start=100, t_end=500, t_step=100, direction="ascending")) == [100, 200, 300, 400]
+    assert schedule(HierarchicalOptions(t_start=100, t_end=500, n_timesteps=4, direction="ascending")) == [150, 250, 350, 450]
+    assert schedule(HierarchicalOptions(n_timesteps=4))[0] == 375  # the default travels center-out
 
 
 def test_samplers_are_deterministic_and_batched_images_equal_single_images():

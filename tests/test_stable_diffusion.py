@@ -248,7 +248,7 @@ def test_result_block_records_the_run(tiny_sd):
     results = model.classify(pixels(model, random_images(3)))
     block = model.result_block()
     assert block["sampler"] == "hierarchical" and block["seed"] == 3
-    assert block["config"]["sampler"]["beam_factor"] == 2.0
+    assert block["config"]["sampler"]["beam_factor"] == 3.0 and block["config"]["sampler"]["direction"] == "center-out"
     assert block["checkpoint"]["folder"] == str(tiny_sd.resolve())
     assert block["n_images"] == 3
     assert block["unet_evals_per_image"] == sum(r.n_evals for r in results) / 3
@@ -257,8 +257,8 @@ def test_result_block_records_the_run(tiny_sd):
 
 
 def test_out_of_memory_halves_the_unet_batch_and_keeps_the_size_that_worked(tiny_sd):
-    config = load_config(None, ["unet_batch_size=32", "baseline.n_timesteps=4"])
-    reference = load_classifier("diffusion-baseline", str(tiny_sd), config=load_config(None, ["unet_batch_size=4", "baseline.n_timesteps=4"]), progress=False)
+    config = load_config(None, ["unet_batch_size=32", "baseline.n_timesteps=8"])  # 2 images x 6 classes x 8 = 96 inputs
+    reference = load_classifier("diffusion-baseline", str(tiny_sd), config=load_config(None, ["unet_batch_size=4", "baseline.n_timesteps=8"]), progress=False)
     model = load_classifier("diffusion-baseline", str(tiny_sd), config=config, progress=False)
     for m in (model, reference):
         m.prepare(CLASSNAMES, TEMPLATES)

