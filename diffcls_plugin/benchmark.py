@@ -115,6 +115,18 @@ def _check_keys(data: Any, allowed: tuple[str, ...], source: str, where: str) ->
     return data
 
 
+def _named_entries(data: dict, section: str, allowed: tuple[str, ...], source: str):
+    """Yield ``(where, entry, name)`` for each entry of a non-empty list section (``models``, ``datasets``)."""
+    if not isinstance(data[section], list) or not data[section]:
+        raise _fail(source, section, "must be a non-empty list")
+    for i, raw in enumerate(data[section]):
+        where = f"{section}[{i}]"
+        raw = _check_keys(raw, allowed, source, where)
+        if "name" not in raw:
+            raise _fail(source, f"{where}.name", "is required")
+        yield where, raw, raw["name"]
+
+
 def _int(data: dict, key: str, default: int, source: str, minimum: int) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -187,17 +199,8 @@ def load_benchmark(path: str | os.PathLike) -> BenchmarkConfig:
         raw = _check_keys(data["subset"], ("per_class", "total", "seed"), source, "subset")
         subset = SubsetSpec(**raw)
         subset.validate(f"{source}: subset")
-    if not isinstance(data["models"], list) or not data["models"]:
-        raise _fail(source, "models", "must be a non-empty list")
-    if not isinstance(data["datasets"], list) or not data["datasets"]:
-        raise _fail(source, "datasets", "must be a non-empty list")
     models = []
-    for i, raw in enumerate(data["models"]):
-        where = f"models[{i}]"
-        raw = _check_keys(raw, MODEL_KEYS, source, where)
-        if "name" not in raw:
-            raise _fail(source, f"{where}.name", "is required")
-        name = raw["name"]
+    for where, raw, name in _named_entries(data, "models", MODEL_KEYS, source):
         if name in MODELS:
             pretrained = raw.get("pretrained", "sd2-base")
         elif str(name).startswith("diffusion-"):
@@ -216,12 +219,7 @@ def load_benchmark(path: str | os.PathLike) -> BenchmarkConfig:
     if dupes:
         raise _fail(source, "models", f"has the same label twice ({', '.join(dupes)}); give each variant its own label")
     datasets = []
-    for i, raw in enumerate(data["datasets"]):
-        where = f"datasets[{i}]"
-        raw = _check_keys(raw, DATASET_KEYS, source, where)
-        if "name" not in raw:
-            raise _fail(source, f"{where}.name", "is required")
-        name = raw["name"]
+    for where, raw, name in _named_entries(data, "datasets", DATASET_KEYS, source):
         _check_dataset_name(name, source, where)
         if name in MULTILABEL_DATASETS and any(m.is_diffusion for m in models):
             raise _fail(source, f"{where}.name", f"{name!r} is multi-label; diffusion classifiers support single-label datasets only")
@@ -322,7 +320,7 @@ def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -
         the result files, one per (model, dataset), in matrix order.
     """
     from diffcls_plugin.cli import run_harness
-    from diffcls_plugin.harness import add_result_block, last_dataset, use_subset
+    from diffcls_plugin.harness import add_result_block, last_dataset
 
     runs = plan(config)
     out_dir = output_root(config)
@@ -348,8 +346,7 @@ def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -
             argv += ["--custom_template_file", str(template_file)]
         if run.output.exists():
             run.output.unlink()  # a stale result must not survive a failed rerun
-        with use_subset(config.subset):
-            run_harness(argv, run.diffcls or DiffclsConfig())
+        run_harness(argv, run.diffcls or DiffclsConfig(), config.subset)
         if not run.output.is_file():
             raise RuntimeError(f"the harness wrote no result for {head}")
         block = {"label": run.model.label, "config_hash": run.config_hash, "benchmark": config.name}

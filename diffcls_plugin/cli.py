@@ -30,9 +30,12 @@ def main() -> None:
 @click.option("--batch-size", type=int, default=64, help="Images per harness batch.")
 @click.option("--num-workers", type=int, default=4, help="Data loader workers.")
 @click.option("--output", default="{dataset}_{pretrained}_{model}_{language}_{task}.json", help="Result JSON path template.")
+@click.option("--subset-per-class", type=int, default=None, help="Evaluate a stratified subset: this many images per class.")
+@click.option("--subset-total", type=int, default=None, help="Evaluate a stratified subset of this many images.")
+@click.option("--subset-seed", type=int, default=0, help="Seed of the subset choice.")
 @click.argument("harness_args", nargs=-1, type=click.UNPROCESSED)
 def eval_command(models, pretrained, datasets, dataset_root, config_path, overrides, seed, batch_size,
-                 num_workers, output, harness_args) -> None:
+                 num_workers, output, subset_per_class, subset_total, subset_seed, harness_args) -> None:
     """Evaluate through the unmodified `clip_benchmark eval`; extra arguments pass through to it.
 
     \b
@@ -41,9 +44,14 @@ def eval_command(models, pretrained, datasets, dataset_root, config_path, overri
     """
     from diffcls_plugin.config import load_config
     from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.subset import SubsetSpec
 
+    subset = None
     try:
         config = load_config(config_path, overrides)
+        if subset_per_class is not None or subset_total is not None:
+            subset = SubsetSpec(per_class=subset_per_class, total=subset_total, seed=subset_seed)
+            subset.validate("--subset")
     except DiffclsError as err:
         raise click.UsageError(str(err)) from None
     argv = [
@@ -58,7 +66,7 @@ def eval_command(models, pretrained, datasets, dataset_root, config_path, overri
         "--output", output,
         *harness_args,
     ]
-    run_harness(argv, config)
+    run_harness(argv, config, subset)
 
 
 @main.command("table")
@@ -174,9 +182,9 @@ def demo_command(out_dir) -> None:
     click.echo(render(build_table(read_results(files)), "markdown", recall=True))
 
 
-def run_harness(argv: list[str], config) -> None:
-    """Run ``clip_benchmark.cli.main`` in this process with ``argv`` and the given config."""
-    from diffcls_plugin.harness import register, use_config
+def run_harness(argv: list[str], config, subset=None) -> None:
+    """Run ``clip_benchmark.cli.main`` in this process with ``argv``, the config and an optional subset."""
+    from diffcls_plugin.harness import register, use_config, use_subset
 
     register()
     from clip_benchmark import cli as harness_cli
@@ -184,7 +192,7 @@ def run_harness(argv: list[str], config) -> None:
     saved = sys.argv
     sys.argv = argv
     try:
-        with use_config(config):
+        with use_config(config), use_subset(subset):
             harness_cli.main()
     finally:
         sys.argv = saved

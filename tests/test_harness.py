@@ -222,11 +222,12 @@ def test_diffcls_eval_passes_the_same_options(tmp_path, tiny_sd, tiny_wds):
     result = CliRunner().invoke(
         main,
         ["eval", "--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny",
-         "--dataset-root", str(root), "--num-workers", "0", "--output", str(out),
+         "--dataset-root", str(root), "--num-workers", "0", "--output", str(out), "--subset-per-class", "1",
          "--set", "hierarchical.beam_factor=3", "--set", "hierarchical.direction=descending", "--set", "loss=l1"],
     )
     assert result.exit_code == 0, result.output
     block = json.loads(out.read_text())["diffcls"]
+    assert block["n_images"] == len(CLASSNAMES) and block["subset"]["per_class"] == 1  # one image of each class
     assert block["config"]["sampler"]["beam_factor"] == 3
     assert block["config"]["sampler"]["direction"] == "descending"
     assert block["config"]["loss"] == "l1"

@@ -23,6 +23,8 @@ def test_wheel_carries_the_hook_and_the_zoo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "diffcls_plugin.pth" in names  # at the wheel root, so it lands in site-packages
     assert "diffcls_plugin/zoo/checkpoints.json" in names
+    assert "diffcls_plugin/configs/demo.yaml" in names
+    assert "diffcls_plugin/weights/tiny-digits/unet/diffusion_pytorch_model.safetensors" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -38,6 +40,8 @@ def test_wheel_carries_the_hook_and_the_zoo(tmp_path):
         "assert 'torch' not in sys.modules;"
         "import diffcls_plugin, clip_benchmark.models as m;"
         f"assert diffcls_plugin.__file__.startswith({str(target)!r}), diffcls_plugin.__file__;"
+        "from diffcls_plugin.zoo import resolve_checkpoint;"
+        f"assert resolve_checkpoint('tiny-digits').source.startswith({str(target)!r});"
         "print('diffusion' in m.MODEL_TYPES)"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
