@@ -32,7 +32,6 @@ import inspect
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -31,8 +32,8 @@ def test_yaml_file_with_sections_and_overrides(tmp_path):
     assert config.hierarchical.patience == 4
     assert config.hierarchical.direction == "descending"
     assert config.loss == "l1" and config.prompts == "ensemble"
-    with pytest.raises(Exception):
-        config.loss = "l2"  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.loss = "l2"
 
 
 def test_t_step_replaces_the_default_count():

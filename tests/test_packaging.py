@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import site
 import subprocess
 import sys
 import sysconfig

@@ -131,6 +131,7 @@ def test_hierarchical_beam_shrinks_by_beam_factor():
 def test_hierarchical_beam_factor_below_two_and_noises_per_timestep():
     scorer = Recorder([0.1 * c for c in range(10)], jitter=0.01)
     result = classify(hierarchical(10, HierarchicalOptions(beam_factor=1.5, n_noises=3, n_timesteps=32)), scorer)
+    assert result.stop_reason == "beam" and result.prediction == 0
     sizes = [len(call) // 3 for call in scorer.calls]
     expected, beam = [], 10
     while beam > 1:

@@ -103,7 +103,7 @@ class StableDiffusionAdapter:
         return preprocess(image_size)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Prompts -> (P, L, D) last hidden states of the text encoder, padded to max length."""
         tokens = self.tokenizer(
             prompts,
@@ -111,9 +111,9 @@ class StableDiffusionAdapter:
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        )
-        out = self.text_encoder(tokens.input_ids.to(self.device))
-        return out[0]  # (P, L, D)
+        ).input_ids  # (P, L)
+        chunks = [self.text_encoder(ids.to(self.device))[0] for ids in torch.split(tokens, batch_size)]
+        return torch.cat(chunks)  # (P, L, D)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
