@@ -286,3 +286,15 @@ def test_out_of_memory_halves_the_unet_batch_and_keeps_the_size_that_worked(tiny
     model.adapter.errors = always_oom
     with pytest.raises(torch.OutOfMemoryError, match="UNet batch of 1"):
         model.classify(x)
+
+
+def test_the_three_losses_are_per_input_means():
+    from diffcls_plugin.adapters.stable_diffusion import error
+
+    pred = torch.tensor([[[[0.0, 2.0]]], [[[1.0, 1.0]]]])  # (2, 1, 1, 2)
+    target = torch.zeros_like(pred)
+    assert error(pred, target, "l2").tolist() == [2.0, 1.0]  # mean of squares
+    assert error(pred, target, "l1").tolist() == [1.0, 1.0]  # mean of absolute values
+    assert error(pred, target, "huber").tolist() == [0.75, 0.5]  # 0.5 x^2 below 1, |x| - 0.5 above
+    with pytest.raises(DiffclsError, match="loss must be"):
+        error(pred, target, "l3")
