@@ -52,6 +52,7 @@ class RunContext:
     config: DiffclsConfig
     seed: int
     checkpoint: Checkpoint
+    output: str
     model: DiffusionClassifier | None = None
 
 
@@ -233,7 +234,7 @@ def prepare_run(args) -> RunContext:
                 file=sys.stderr,
             )
             args.num_workers = n_shards
-    return RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint)
+    return RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint, output=output_path(args, task))
 
 
 def _zoo_names() -> set[str]:
@@ -358,7 +359,7 @@ def patch_cli(module) -> None:
             ctx = prepare_run(args)
         except DiffclsError as err:
             raise SystemExit(f"diffcls: error: {err}") from None
-        output = output_path(args, _task(args))
+        output = ctx.output
         existed = os.path.exists(output)
         _active = ctx
         try:

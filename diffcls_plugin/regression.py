@@ -60,10 +60,6 @@ class Check:
         return f"{self.status.upper():10s} {self.label} / {self.dataset} / {self.metric}: old {old}, new {new}, tolerance {tol} ({self.rule})"
 
 
-def _entry_key(label: str, dataset: str) -> tuple[str, str]:
-    return (label, dataset)
-
-
 def read_reference(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -104,11 +100,11 @@ def _tolerance(metric: str, old: float, n: int | None, reference: dict[str, Any]
 
 def check(results: list[Result], reference: dict[str, Any]) -> list[Check]:
     """Compare results with reference entries; every entry must have a matching result."""
-    by_key = {_entry_key(r.label, r.dataset): r for r in results}
+    by_key = {(r.label, r.dataset): r for r in results}
     checks = []
     for entry in reference["entries"]:
         label, dataset = entry["label"], entry["dataset"]
-        result = by_key.get(_entry_key(label, dataset))
+        result = by_key.get((label, dataset))
         for metric, old in entry["metrics"].items():
             if result is None:
                 checks.append(Check(label, dataset, metric, old, None, None, "missing", "no result file for this entry"))
