@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import torch
 
@@ -160,8 +161,8 @@ def main() -> None:
             cells.append(f"{100 * max(r['top1'] for r in within):.1f}" if within else "–")
         lines.append(f"| {direction} | " + " | ".join(cells) + " |")
     summary["directions"] = lines[-3:]
-    write(__import__("pathlib").Path(args.out), "pareto", data, "\n".join(lines) + "\n")
-    plot(test_rows, chosen_test, __import__("pathlib").Path(args.out) / "pareto.png")
+    write(Path(args.out), "pareto", data, "\n".join(lines) + "\n")
+    plot(test_rows, chosen_test, Path(args.out) / "pareto.png")
     print("\n".join(lines[:14]))
 
 

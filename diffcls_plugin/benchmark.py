@@ -337,11 +337,11 @@ def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -
             "--seed", str(config.seed), "--batch_size", str(config.batch_size), "--num_workers", str(config.num_workers),
             "--output", str(run.output), "--quiet",
         ]
-        template_file = None
-        if run.dataset.templates and run.model.is_diffusion:
+        templates = run.dataset.templates if run.model.is_diffusion else None  # CLIP keeps the harness's ensemble
+        if templates:
             template_file = out_dir / f".templates-{_slug(run.dataset.name)}.json"
             short = run.dataset.name.split("/", 1)[1] if run.dataset.name.startswith(("wds/", "tfds/", "vtab/")) else run.dataset.name
-            template_file.write_text(json.dumps({run.dataset.name: list(run.dataset.templates), short: list(run.dataset.templates)}))
+            template_file.write_text(json.dumps({run.dataset.name: list(templates), short: list(templates)}))
             argv += ["--custom_template_file", str(template_file)]
         if run.output.exists():
             run.output.unlink()  # a stale result must not survive a failed rerun
@@ -349,12 +349,9 @@ def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -
         if not run.output.is_file():
             raise RuntimeError(f"the harness wrote no result for {head}")
         block = {"label": run.model.label, "config_hash": run.config_hash, "benchmark": config.name}
-        if "n_images" in last_dataset:
-            block.setdefault("n_images", last_dataset["n_images"])
-        if "subset" in last_dataset:
-            block["subset"] = last_dataset["subset"]
-        if run.dataset.templates and run.model.is_diffusion:
-            block["templates"] = list(run.dataset.templates)
+        block.update({k: last_dataset[k] for k in ("n_images", "subset") if k in last_dataset})
+        if templates:
+            block["templates"] = list(templates)
         add_result_block(str(run.output), block)
     echo(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; results in {out_dir}")
     return [run.output for run in runs]

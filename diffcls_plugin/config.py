@@ -12,7 +12,7 @@ sampler; every sampler section is validated, whichever sampler runs::
     compile: false
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
-    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 2, patience: null, direction: ascending}
+    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 3, patience: null, direction: center-out}
 
 With the unmodified ``clip_benchmark`` CLI, name the file in the ``DIFFCLS_CONFIG`` environment
 variable; ``diffcls eval --config FILE --set KEY=VALUE`` takes the same file and keys.

@@ -340,12 +340,11 @@ def _wrap_build_dataset(build_dataset):
         print(f"diffcls: evaluating a stratified subset of {dataset_name}: {len(idx)} images ({_subset.to_dict()})", file=sys.stderr)
         return subset
 
-    build._diffcls_wrapped = True
     return build
 
 
 def patch_cli(module) -> None:
-    """Wrap the harness's per-run function for diffusion models."""
+    """Wrap the harness's per-run function for diffusion models, and its dataset builder for subsets."""
     if getattr(module, PATCHED, False):
         return
     original_run = module.run

@@ -18,6 +18,7 @@ takes the harness's classnames and templates (list templates or CuPL-style per-c
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 import time
 from collections.abc import Sequence
@@ -407,8 +408,8 @@ class ImageBatchScorer:
         start = 0
         while start < len(owner):
             # equal chunks of at most unet_batch_size: no small last batch (e.g. 640 -> 3 x 214, not 256 + 256 + 128)
-            n_chunks = -(-(len(owner) - start) // model.unet_batch_size)
-            sl = slice(start, start + -(-(len(owner) - start) // n_chunks))
+            remaining = len(owner) - start
+            sl = slice(start, start + math.ceil(remaining / math.ceil(remaining / model.unet_batch_size)))
             idx = torch.tensor(in_image[sl])
             try:
                 errors[sl] = adapter.errors(

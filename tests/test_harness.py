@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -131,7 +132,7 @@ def test_bad_harness_input_is_one_clear_line_before_any_loading(monkeypatch, arg
         harness_cli.main_eval(args)
     text = str(exc.value.code)
     assert text.startswith("diffcls: error: ") and "\n" not in text
-    assert __import__("re").search(message, text), text
+    assert re.search(message, text), text
     assert loaded == []
 
 
