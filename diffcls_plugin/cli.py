@@ -6,6 +6,14 @@ import sys
 
 import click
 
+from diffcls_plugin.samplers import SAMPLERS_BY_MODEL  # pure Python: no torch at CLI start-up
+
+
+def _models_help() -> str:
+    """The ``--model`` help: every registered diffusion model with its sampler's summary."""
+    models = "; ".join(f"{name} ({SAMPLERS_BY_MODEL.get(name).summary})" for name in SAMPLERS_BY_MODEL.names())
+    return f"One of: {models}. Repeat for several."
+
 
 @click.group()
 @click.version_option(package_name="diffcls-plugin")
@@ -18,7 +26,7 @@ def main() -> None:
     context_settings=dict(ignore_unknown_options=True, allow_extra_args=False, show_default=True),
 )
 @click.option("--model", "models", multiple=True, default=("diffusion-hier",),
-              help="diffusion-baseline, diffusion-adaptive or diffusion-hier; repeat for several.")
+              help=_models_help())
 @click.option("--pretrained", default="sd2-base", help="Zoo name, hub id or local diffusers folder.")
 @click.option("--dataset", "datasets", multiple=True, default=("cifar10",), help="Any clip_benchmark dataset; repeat for several.")
 @click.option("--dataset-root", default="root", help="Dataset folder (clip_benchmark --dataset_root).")

@@ -1,7 +1,8 @@
 """Run options: one frozen dataclass, loaded from YAML/JSON or built in code, validated whole.
 
 A config file holds the scoring and adapter options at the top level and one section per
-sampler; every sampler section is validated, whichever sampler runs::
+registered sampler (see :data:`diffcls_plugin.samplers.SAMPLERS`); every sampler section is
+validated, whichever sampler runs::
 
     loss: l1                 # l2 (default) | l1 | huber
     prompts: first           # first | ensemble | all
@@ -14,22 +15,25 @@ sampler; every sampler section is validated, whichever sampler runs::
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
     hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 3, patience: null, direction: center-out}
 
+A section may start from a named preset of its sampler (``PRESETS`` of its options class); its
+other keys override the preset's values: ``hierarchical: {preset: paper, beam_factor: 3}``.
+
 With the unmodified ``clip_benchmark`` CLI, name the file in the ``DIFFCLS_CONFIG`` environment
 variable; ``diffcls eval --config FILE --set KEY=VALUE`` takes the same file and keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from diffcls_plugin.errors import DiffclsError, closest
-from diffcls_plugin.samplers import SAMPLERS, AdaptiveOptions, BaselineOptions, HierarchicalOptions, SamplerOptions
+from diffcls_plugin.samplers import SAMPLERS, SamplerOptions
 
 CONFIG_ENV = "DIFFCLS_CONFIG"
 LOSSES = ("l2", "l1", "huber")
@@ -37,9 +41,52 @@ PROMPT_POLICIES = ("first", "ensemble", "all")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
-@dataclass(frozen=True)
+class SamplerSections(Mapping[str, SamplerOptions]):
+    """An immutable, hashable mapping from sampler name to its options (registration order)."""
+
+    def __init__(self, sections: Mapping[str, SamplerOptions]) -> None:
+        self._sections = dict(sections)
+
+    def __getitem__(self, name: str) -> SamplerOptions:
+        return self._sections[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sections)
+
+    def __len__(self) -> int:
+        return len(self._sections)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._sections.items()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._sections!r})"
+
+
+def _sections(given: Mapping[str, SamplerOptions]) -> SamplerSections:
+    """Every registered sampler's options: ``given`` ones, the defaults for the rest."""
+    for name, options in given.items():
+        spec = SAMPLERS.get(name)
+        if not isinstance(options, spec.options_cls):
+            raise DiffclsError(
+                f"the {name} options must be a {spec.options_cls.__name__}, got {type(options).__name__}; "
+                f"build them with {spec.options_cls.__name__}(...)"
+            )
+    out = {name: given[name] if name in given else SAMPLERS.get(name).options_cls() for name in SAMPLERS}
+    out.update(given)  # keep sections of samplers unregistered since
+    return SamplerSections(out)
+
+
+@dataclass(frozen=True, init=False)
 class DiffclsConfig:
     """Every option of a diffusion-classifier run except the sampler name and the checkpoint.
+
+    Build it in code with keywords, one per option and one per sampler section::
+
+        DiffclsConfig(loss="l1", hierarchical=HierarchicalOptions(beam_factor=2))
+
+    (``dataclasses.replace(config, hierarchical=...)`` works the same way.) A sampler's options
+    read as ``config.<sampler name>`` or ``config.sampler_options(name)``.
 
     Attributes:
         loss: error between the true and the predicted noise (or velocity): ``l2`` (mean squared,
@@ -53,7 +100,8 @@ class DiffclsConfig:
         unet_batch_size: UNet inputs per forward pass.
         allow_pickle: allow loading ``.bin``/``.ckpt`` pickle weights when no safetensors exist.
         compile: ``torch.compile`` the UNet (opt-in; pays off on long GPU runs).
-        baseline, adaptive, hierarchical: the samplers' options.
+        samplers: every registered sampler's options by sampler name (``baseline``,
+            ``adaptive``, ``hierarchical`` ...); samplers not given get their defaults.
     """
 
     loss: str = "l2"
@@ -63,9 +111,50 @@ class DiffclsConfig:
     unet_batch_size: int = 32
     allow_pickle: bool = False
     compile: bool = False
-    baseline: BaselineOptions = field(default_factory=BaselineOptions)
-    adaptive: AdaptiveOptions = field(default_factory=AdaptiveOptions)
-    hierarchical: HierarchicalOptions = field(default_factory=HierarchicalOptions)
+    samplers: SamplerSections = field(default_factory=lambda: _sections({}))
+
+    def __init__(
+        self,
+        loss: str = "l2",
+        prompts: str = "first",
+        dtype: str = "auto",
+        image_size: int | None = None,
+        unet_batch_size: int = 32,
+        allow_pickle: bool = False,
+        compile: bool = False,
+        samplers: Mapping[str, SamplerOptions] | None = None,
+        **sections: SamplerOptions,
+    ) -> None:
+        """Set the options; ``sections`` (``hierarchical=HierarchicalOptions(...)``) override ``samplers``.
+
+        Raises:
+            DiffclsError: a keyword that is neither an option nor a registered sampler, or
+                sampler options of the wrong class.
+        """
+        unknown = [name for name in sections if name not in SAMPLERS]
+        if unknown:
+            valid = [*_SCALAR_KEYS, *SAMPLERS.names()]
+            hint = closest(unknown[0], valid)
+            did = f" Did you mean {hint!r}?" if hint else ""
+            raise DiffclsError(f"DiffclsConfig got the unknown option {unknown[0]!r}.{did} Valid: {', '.join(valid)}.")
+        values = dict(
+            loss=loss,
+            prompts=prompts,
+            dtype=dtype,
+            image_size=image_size,
+            unet_batch_size=unet_batch_size,
+            allow_pickle=allow_pickle,
+            compile=compile,
+            samplers=_sections({**(samplers or {}), **sections}),
+        )
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def __getattr__(self, name: str) -> SamplerOptions:
+        """``config.hierarchical`` and the like: the options of a registered sampler."""
+        if name.startswith("_") or name == "samplers" or name not in SAMPLERS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.sampler_options(name)
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         """Raise :class:`DiffclsError` naming the first bad option."""
@@ -85,18 +174,49 @@ class DiffclsConfig:
             if not isinstance(getattr(self, key), bool):
                 raise DiffclsError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for name in SAMPLERS:
-            self.sampler_options(name).validate(num_train_timesteps)
+            options = self.sampler_options(name)
+            options.check_preset()
+            options.validate(num_train_timesteps)
 
     def sampler_options(self, sampler: str) -> SamplerOptions:
-        SAMPLERS.get(sampler)
-        return getattr(self, sampler)
+        """The options of a registered sampler (its defaults if it registered after this config).
+
+        Args:
+            sampler: the sampler name, e.g. ``hierarchical``.
+
+        Raises:
+            DiffclsError: an unknown sampler name, with a "did you mean" hint.
+        """
+        spec = SAMPLERS.get(sampler)
+        return self.samplers[sampler] if sampler in self.samplers else spec.options_cls()
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, SamplerOptions) else value
+        """The options as a config file holds them: top-level keys, then one section per sampler."""
+        out: dict[str, Any] = {key: getattr(self, key) for key in _SCALAR_KEYS}
+        for name, options in self.samplers.items():
+            out[name] = options.to_dict()
         return out
+
+
+_SCALAR_KEYS = tuple(f.name for f in fields(DiffclsConfig) if f.name != "samplers")
+
+
+def _where(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def _unknown_key(key: Any, known: typing.Iterable[str], source: str, prefix: str) -> DiffclsError:
+    known = list(known)
+    hint = closest(str(key), known)
+    did = f" Did you mean {prefix + hint!r}?" if hint else ""
+    section = f" of {prefix.rstrip('.')}" if prefix else ""
+    return DiffclsError(f"{_where(source)}unknown key {prefix + str(key)!r}.{did} Valid keys{section}: {', '.join(known)}.")
+
+
+def _mapping(data: Any, source: str, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise DiffclsError(f"{_where(source)}{what} must be a mapping of keys to values, got {data!r}")
+    return data
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -106,30 +226,62 @@ def _coerce(value: Any, annotation: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    where = f"{source}: " if source else ""
-    if not isinstance(data, dict):
-        raise DiffclsError(f"{where}{prefix.rstrip('.') or 'the config'} must be a mapping of keys to values, got {data!r}")
+def build_sampler_options(cls: type[SamplerOptions], data: Any, source: str = "") -> SamplerOptions:
+    """Build one sampler's options from its config section, starting from its ``preset`` if named.
+
+    Args:
+        cls: the sampler's options class (its ``section`` names the section in errors).
+        data: the section: option keys, and optionally ``preset: NAME``; its other keys
+            override the preset's values.
+        source: the file (or other origin) named in errors.
+
+    Returns:
+        the options, with ``preset`` set to the preset's name (or ``None``).
+
+    Raises:
+        DiffclsError: naming the source and the key, for unknown keys or presets.
+    """
+    prefix = f"{cls.section}."
+    data = _mapping(data if data is not None else {}, source, cls.section)
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
+    known = [f.name for f in fields(cls) if f.init]
+    for key in data:
         if key not in known:
-            hint = closest(str(key), known)
-            did = f" Did you mean {prefix + hint!r}?" if hint else ""
-            section = f" of {prefix.rstrip('.')}" if prefix else ""
-            raise DiffclsError(f"{where}unknown key {prefix + str(key)!r}.{did} Valid keys{section}: {', '.join(known)}.")
-        hint_type = hints[key]
-        if isinstance(hint_type, type) and dataclasses.is_dataclass(hint_type):
-            kwargs[key] = _build(hint_type, value or {}, source, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hint_type)
-    return cls(**kwargs)
+            raise _unknown_key(key, known, source, prefix)
+    values: dict[str, Any] = {}
+    preset = data.get("preset")
+    if preset is not None:
+        try:
+            values = cls.preset_values(preset)
+        except DiffclsError as err:
+            raise DiffclsError(f"{_where(source)}{err}") from None
+        bad = [key for key in values if key not in known or key == "preset"]
+        if bad:
+            raise DiffclsError(
+                f"{cls.__name__}.PRESETS[{preset!r}] sets {bad[0]!r}, which is not an option of {cls.section}; "
+                f"fix the preset (valid keys: {', '.join(k for k in known if k != 'preset')})"
+            )
+    values.update(data)
+    return cls(**{key: _coerce(value, hints[key]) for key, value in values.items()})
+
+
+def _build_config(data: Any, source: str) -> DiffclsConfig:
+    data = _mapping(data, source, "the config")
+    known = [*_SCALAR_KEYS, *SAMPLERS.names()]
+    for key in data:
+        if key not in known:
+            raise _unknown_key(key, known, source, "")
+    hints = typing.get_type_hints(DiffclsConfig)
+    scalars = {key: _coerce(data[key], hints[key]) for key in _SCALAR_KEYS if key in data}
+    sections = {
+        name: build_sampler_options(SAMPLERS.get(name).options_cls, data[name], source) for name in SAMPLERS if name in data
+    }
+    return DiffclsConfig(**scalars, samplers=sections)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "") -> DiffclsConfig:
     """Build and validate a config from a mapping; ``source`` names the file in errors."""
-    config = _build(DiffclsConfig, data, source, "")
+    config = _build_config(data, source)
     try:
         config.validate()
     except DiffclsError as err:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.samplers import SAMPLERS, SAMPLERS_BY_MODEL
 
-SAMPLER_ORDER = {"diffusion-baseline": 0, "diffusion-adaptive": 1, "diffusion-hier": 2}
+BASELINE_SAMPLER = "baseline"  # speed-ups are against this sampler on the same checkpoint and dataset
 FORMATS = ("markdown", "csv", "latex")
 
 
@@ -99,12 +100,26 @@ class Table:
     raw: dict[tuple[str, str], Result]
 
 
+def sampler_rank(model_name: str) -> int:
+    """A diffusion model's place among the samplers: registration order; unknown names last.
+
+    Args:
+        model_name: the harness model name (``diffusion-hier`` ...).
+
+    Returns:
+        its index in :data:`~diffcls_plugin.samplers.SAMPLERS_BY_MODEL`, or the number of
+        registered samplers for a model no sampler registers (e.g. one of a newer plugin).
+    """
+    names = SAMPLERS_BY_MODEL.names()
+    return names.index(model_name) if model_name in names else len(names)
+
+
 def _row_key(result: Result) -> tuple:
     diffusion = result.is_diffusion
     return (
         0 if diffusion else 1,
         result.checkpoint if diffusion else "",
-        SAMPLER_ORDER.get(result.model, 9) if diffusion else 0,
+        sampler_rank(result.model) if diffusion else 0,
         0 if result.label == f"{result.model} {result.pretrained}" else 1,  # default options first
         result.label,
     )
@@ -139,10 +154,11 @@ def build_table(results: list[Result]) -> Table:
 def _baseline_for(result: Result, raw: dict[tuple[str, str], Result]) -> Result | None:
     if not result.is_diffusion:
         return None
+    baseline_model = SAMPLERS.get(BASELINE_SAMPLER).model_name
     candidates = [
         r
         for r in raw.values()
-        if r.dataset == result.dataset and r.model == "diffusion-baseline" and r.checkpoint == result.checkpoint
+        if r.dataset == result.dataset and r.model == baseline_model and r.checkpoint == result.checkpoint
     ]
     if not candidates:
         return None

@@ -30,16 +30,19 @@ from torch import nn
 
 from diffcls_plugin.config import DiffclsConfig, config_from_env
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.registry import Registry
-from diffcls_plugin.samplers import SAMPLERS, SamplerResult, run_samplers
+from diffcls_plugin.registry import RegistryView
+from diffcls_plugin.samplers import SAMPLERS, SAMPLERS_BY_MODEL, SamplerResult, SamplerSpec, run_samplers
 from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-MODELS: Registry[str] = Registry("diffusion model")
-MODELS.add("diffusion-baseline", "baseline")
-MODELS.add("diffusion-adaptive", "adaptive")
-MODELS.add("diffusion-hier", "hierarchical")
+
+def _sampler_name(spec: SamplerSpec) -> str:
+    return spec.name
+
+
+# harness model name -> sampler name, live over the sampler registrations
+MODELS: RegistryView[SamplerSpec, str] = RegistryView(SAMPLERS_BY_MODEL, _sampler_name)
 
 VERSIONED_PACKAGES = ("diffcls-plugin", "torch", "diffusers", "transformers", "clip-benchmark", "open-clip-torch", "numpy")
 
@@ -126,7 +129,7 @@ class DiffusionClassifier(nn.Module):
 
     Args:
         adapter: a :class:`~diffcls_plugin.adapters.DiffusionAdapter`.
-        sampler: sampler name (``baseline``, ``adaptive``, ``hierarchical``).
+        sampler: a registered sampler name (``baseline``, ``adaptive``, ``hierarchical`` ...).
         config: every other option.
         seed: the run seed; each image's noise comes from it and the image's content.
         checkpoint: where the weights came from (recorded in results).
@@ -443,7 +446,8 @@ def load_classifier(
     """Build a classifier by harness model name (``diffusion-hier`` ...) and ``--pretrained`` value.
 
     Args:
-        model_name: ``diffusion-baseline``, ``diffusion-adaptive`` or ``diffusion-hier``.
+        model_name: a registered model name: ``diffusion-baseline``, ``diffusion-adaptive``,
+            ``diffusion-hier`` ... (see :data:`MODELS`).
         pretrained: a zoo name, hub id or diffusers folder (default ``sd2-base``), or a resolved
             :class:`~diffcls_plugin.zoo.Checkpoint`.
         device: where to compute.

@@ -10,7 +10,7 @@ Offline and CPU-only (about 25 minutes on 2 cores); never run by the tests. Stag
    ``scaling_factor`` = 1 / std of the train latents (posterior means);
 3. UNet + CLIP text encoder jointly: the epsilon objective of Stable Diffusion on
    ``posterior mean x scaling_factor`` under SD's noise schedule, each caption drawn at random
-   from :data:`diffcls_plugin.digits.TEMPLATES`; EMA weights are what is saved;
+   from :data:`diffcls_plugin.digits.TEMPLATES` (or `scripts/letters.py`)`; EMA weights are what is saved;
 4. zero-shot accuracy on the VALIDATION split with the project's classifier (baseline sampler,
    32 timesteps = 320 UNet evaluations per image). The test split is never touched here.
 
@@ -51,6 +51,26 @@ sys.path.insert(0, str(REPO))
 
 from diffcls_plugin import digits  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import letters  # noqa: E402
+
+TASKS = {"digits": digits, "letters": letters}
+TASK_DATA = {
+    "digits": {
+        "name": "scikit-learn's digits",
+        "source": "sklearn.datasets.load_digits (1797 8x8 images, 16 grey levels)",
+        "image": "0..16 scaled to 0..255, 8x8 -> 32x32 PIL bicubic, white digit on black, RGB",
+        "split": "sklearn train_test_split, stratified, random_state=seed: test 20%, then val 15% of the rest",
+    },
+    "letters": {
+        "name": "26 capital letters rendered in free font faces",
+        "source": "fontconfig's faces covering A-Z (Debian font packages), one face per family (scripts/letters.py)",
+        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
+        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
+    },
+}
+task = digits  # the task being trained (set from --task in main)
+
 DEFAULT_OUT = REPO / "diffcls_plugin" / "weights" / "tiny-digits"
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
@@ -66,7 +86,7 @@ SCHEDULER_CONFIG = dict(
 # ----------------------------------------------------------------------------- architecture
 def unet_config(args) -> dict:
     return dict(
-        sample_size=digits.IMAGE_SIZE // 4,  # 8x8 latents
+        sample_size=task.IMAGE_SIZE // 4,  # 8x8 latents
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64, 64),
@@ -89,7 +109,7 @@ def vae_config() -> dict:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=digits.IMAGE_SIZE,
+        sample_size=task.IMAGE_SIZE,
     )
 
 
@@ -200,8 +220,8 @@ def encode_means(vae, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 
 def build_captions(labels: np.ndarray, gen: torch.Generator) -> list[str]:
-    picks = torch.randint(0, len(digits.TEMPLATES), (len(labels),), generator=gen).tolist()
-    return [digits.TEMPLATES[t].format(c=digits.CLASSNAMES[int(y)]) for t, y in zip(picks, labels)]
+    picks = torch.randint(0, len(task.TEMPLATES), (len(labels),), generator=gen).tolist()
+    return [task.TEMPLATES[t].format(c=task.CLASSNAMES[int(y)]) for t, y in zip(picks, labels)]
 
 
 def train_diffusion(args, latents: torch.Tensor, labels: np.ndarray, tokenizer, scheduler):
@@ -219,13 +239,13 @@ def train_diffusion(args, latents: torch.Tensor, labels: np.ndarray, tokenizer, 
     all_ids = torch.stack(
         [
             tokenizer(
-                [t.format(c=c) for t in digits.TEMPLATES],
+                [t.format(c=c) for t in task.TEMPLATES],
                 padding="max_length",
                 max_length=tokenizer.model_max_length,
                 truncation=True,
                 return_tensors="pt",
             ).input_ids
-            for c in digits.CLASSNAMES
+            for c in task.CLASSNAMES
         ]
     )
     labels_t = torch.as_tensor(labels, dtype=torch.long)
@@ -244,7 +264,7 @@ def train_diffusion(args, latents: torch.Tensor, labels: np.ndarray, tokenizer, 
         copy_idx = torch.randint(0, n_copies, (args.batch,), generator=gen)
         x0 = latents[copy_idx, idx]  # (B, 4, 8, 8)
         y = labels_t[idx]
-        template = torch.randint(0, len(digits.TEMPLATES), (args.batch,), generator=gen)
+        template = torch.randint(0, len(task.TEMPLATES), (args.batch,), generator=gen)
         ids = all_ids[y, template]  # (B, L)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
@@ -304,8 +324,8 @@ def evaluate(folder: Path, split: str, seed: int, sampler: str = "diffusion-base
         raise SystemExit("the training script never evaluates on the test split")
     cfg = load_config(None, [f"baseline.n_timesteps={n_timesteps}", "unet_batch_size=320"])
     model = load_classifier(sampler, str(folder), config=cfg, progress=False)
-    model.prepare(digits.CLASSNAMES, digits.TEMPLATES)
-    images, labels = digits.load_split(split, seed=seed)
+    model.prepare(task.CLASSNAMES, task.TEMPLATES)
+    images, labels = task.load_split(split, seed=seed)
     x = torch.stack([model.transform(im) for im in images])
     start = time.perf_counter()
     preds, n_evals = [], []
@@ -321,7 +341,7 @@ def evaluate(folder: Path, split: str, seed: int, sampler: str = "diffusion-base
         "accuracy": float((preds == labels).mean()),
         "mean_n_evals": float(np.mean(n_evals)),
         "seconds": round(time.perf_counter() - start, 1),
-        "per_class_accuracy": [float((preds[labels == c] == c).mean()) for c in range(len(digits.CLASSNAMES))],
+        "per_class_accuracy": [float((preds[labels == c] == c).mean()) for c in range(len(task.CLASSNAMES))],
     }
 
 
@@ -344,6 +364,8 @@ def folder_bytes(folder: Path) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
+    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn) or letters (font renders, scripts/letters.py)")
+    p.add_argument("--name", default=None, help="model name recorded in TRAINING.json (default tiny-<task>)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything, and of the data split")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-merges", type=int, default=2048, help="CLIP BPE merges kept")
@@ -380,7 +402,9 @@ def _portable(path: Path) -> str:
         return Path(path).name
 
 def main(argv=None) -> None:
+    global task
     args = parse_args(argv)
+    task = TASKS[args.task]
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -393,8 +417,8 @@ def main(argv=None) -> None:
     try:
         tokenizer = save_clip_tokenizer(work / "tokenizer", n_merges=args.n_merges, model_max_length=args.max_length)
         scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
-        split = digits.split_indices(args.seed)
-        train_images, train_labels = digits.load_split("train", args.seed)
+        split = task.split_indices(args.seed)
+        train_images, train_labels = task.load_split("train", args.seed)
         x_train = to_tensor(train_images)  # (N, 3, 32, 32)
         log(f"train {len(x_train)} images; val {len(split['val'])}; test {len(split['test'])} (untouched)")
 
@@ -447,21 +471,22 @@ def main(argv=None) -> None:
         counts = {"unet": n_params(unet), "vae": n_params(vae), "text_encoder": n_params(text_encoder)}
         counts["total"] = sum(counts.values())
         record = {
-            "model": "tiny-digits",
-            "description": "tiny text-to-image latent diffusion model (Stable Diffusion layout) trained from scratch on scikit-learn's digits",
+            "model": args.name or f"tiny-{args.task}",
+            "description": f"tiny text-to-image latent diffusion model (Stable Diffusion layout) trained from scratch on {TASK_DATA[args.task]['name']}",
             "seed": args.seed,
             "command": " ".join(["python", "scripts/train_tiny_digits.py", *(argv if argv is not None else sys.argv[1:])]),
             "args": {k: (_portable(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "data": {
-                "source": "sklearn.datasets.load_digits (1797 8x8 images, 16 grey levels)",
-                "image": "0..16 scaled to 0..255, 8x8 -> 32x32 PIL bicubic, white digit on black, RGB",
+                "source": TASK_DATA[args.task]["source"],
+                "image": TASK_DATA[args.task]["image"],
                 "split": {
-                    "method": "sklearn train_test_split, stratified, random_state=seed: test 20%, then val 15% of the rest",
+                    "method": TASK_DATA[args.task]["split"],
                     "seed": args.seed,
                     "sizes": {k: int(len(v)) for k, v in split.items()},
+                    **({"families": split} if args.task == "letters" else {}),
                 },
-                "classnames": digits.CLASSNAMES,
-                "templates": digits.TEMPLATES,
+                "classnames": task.CLASSNAMES,
+                "templates": task.TEMPLATES,
                 "train_on": "train",
                 "tune_on": "val",
             },

@@ -26,13 +26,18 @@ def test_every_shipped_config_loads_and_resolves(path):
 
 def test_paper_config_carries_li_et_al_per_dataset_protocols():
     config = load_benchmark(Path(__file__).parents[1] / "benchmark_configs" / "paper-table1-2.yaml")
-    by_cell = {(r.model.name, r.dataset.name): r for r in plan(config)}
+    by_cell = {(r.model.label, r.dataset.name): r for r in plan(config)}
+    by_cell.update({(r.model.name, r.dataset.name): r for r in plan(config) if r.model.label == f"{r.model.name} {r.model.pretrained}"})
     cifar = by_cell[("diffusion-adaptive", "cifar10")].diffcls
     assert (cifar.loss, cifar.adaptive.to_keep, cifar.adaptive.n_samples) == ("l1", (5, 1), (50, 500))
     aircraft = by_cell[("diffusion-adaptive", "fgvc_aircraft")].diffcls
     assert (aircraft.loss, aircraft.adaptive.to_keep) == ("l2", (20, 10, 5, 1))
     assert by_cell[("RN50", "cifar10")].diffcls is None
-    assert {m.name for m in config.models} == {"diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "RN50"}
+    assert {m.name for m in config.models} == {"diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-ttest", "diffusion-race", "RN50"}
+    # the paper's column is Algorithm 1 as written (its preset); Clark & Jaini's their published settings
+    paper = by_cell[("diffusion-hier (paper)", "cifar10")].diffcls.hierarchical
+    assert (paper.preset, paper.beam, paper.beam_factor, paper.direction) == ("paper", "fixed", 2, "ascending")
+    assert by_cell[("diffusion-ttest (Clark & Jaini)", "stl10")].diffcls.ttest.preset == "clark-jaini"
     assert config.datasets[0].templates == ("a blurry photo of a {c}.",)
 
 
@@ -67,7 +72,7 @@ def write(tmp_path, **changes):
         ({"subset": {"k": 2}}, r"unknown key subset\.k"),
         ({"precision": "fp64"}, r"precision must be one of auto, fp32, fp16, bf16"),
         ({"models": [{"name": "diffusion-adaptive", "options": {"adaptive": {"to_keep": [5, 2]}}}]}, r"options of 'diffusion-adaptive sd2-base' on wds/digits: adaptive\.to_keep must end with 1"),
-        ({"datasets": [{"name": "wds/digits", "options": {"hierarchical": {"beam": 2}}}]}, r"unknown key 'hierarchical\.beam'"),
+        ({"datasets": [{"name": "wds/digits", "options": {"hierarchical": {"beam_size": 2}}}]}, r"unknown key 'hierarchical\.beam_size'"),
         ({"models": [{"name": "diffusion-hier"}, {"name": "diffusion-hier"}]}, r"same label twice"),
         ({"models": [{"name": "RN50", "pretrained": "openai", "options": {"loss": "l1"}}]}, r"options apply to diffusion models only"),
         ({"batch_size": 0}, r"batch_size must be an integer >= 1"),

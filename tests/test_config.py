@@ -9,7 +9,7 @@ import pytest
 
 from diffcls_plugin.config import DiffclsConfig, config_from_env, load_config
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.samplers import AdaptiveOptions
+from diffcls_plugin.samplers import AdaptiveOptions, BaselineOptions, HierarchicalOptions, li_timesteps, schedule
 
 
 def test_defaults_validate_and_round_trip_through_json(tmp_path):
@@ -74,3 +74,73 @@ def test_config_from_environment(tmp_path, monkeypatch):
     assert config_from_env().baseline.n_timesteps == 8
     monkeypatch.delenv("DIFFCLS_CONFIG")
     assert config_from_env() == DiffclsConfig()
+
+
+PAPER = dict(
+    t_start=0, t_end=None, t_step=None, n_timesteps=32, n_noises=1, beam_factor=2, beam="fixed", patience=None,
+    direction="ascending",
+)
+
+
+def test_paper_preset_resolves_to_its_values_and_is_recorded(tmp_path):
+    path = tmp_path / "paper.yaml"
+    path.write_text("hierarchical:\n  preset: paper\n")
+    config = load_config(path)
+    assert config.hierarchical == HierarchicalOptions(preset="paper", **PAPER)
+    assert schedule(config.hierarchical) == li_timesteps(1000, 32)  # ascending: clean to noisy
+    assert config.to_dict()["hierarchical"] == {"preset": "paper", **PAPER}
+    assert load_config(None, [f"hierarchical.{k}={json.dumps(v)}" for k, v in config.to_dict()["hierarchical"].items()]) == config
+
+
+def test_keys_next_to_a_preset_override_it():
+    config = load_config(None, ["hierarchical.preset=paper", "hierarchical.beam_factor=4", "hierarchical.direction=descending"])
+    assert config.hierarchical == HierarchicalOptions(preset="paper", **{**PAPER, "beam_factor": 4, "direction": "descending"})
+    assert config.adaptive == AdaptiveOptions()  # other sections keep their defaults
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("hierarchical: {preset: papr}\n", r"bad\.yaml: unknown hierarchical preset 'papr'\. Did you mean 'paper'\? Valid: paper\."),
+        ("baseline: {preset: paper}\n", r"bad\.yaml: baseline\.preset 'paper': baseline has no presets"),
+        ("hierarchical: {preset: paper, t_step: 8}\n", r"bad\.yaml: hierarchical\.t_step and hierarchical\.n_timesteps are both set"),
+    ],
+)
+def test_bad_presets_name_the_valid_ones(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(DiffclsError, match=message):
+        load_config(path)
+    with pytest.raises(DiffclsError, match="unknown hierarchical preset 'nope'"):
+        DiffclsConfig(hierarchical=HierarchicalOptions(preset="nope")).validate()
+
+
+def test_sampler_sections_build_compare_and_replace_like_fields():
+    config = DiffclsConfig(loss="l1", hierarchical=HierarchicalOptions(beam_factor=2))
+    assert config.hierarchical.beam_factor == 2 and config.baseline == BaselineOptions()
+    assert config == DiffclsConfig(loss="l1", hierarchical=HierarchicalOptions(beam_factor=2))
+    assert hash(config) == hash(DiffclsConfig(loss="l1", hierarchical=HierarchicalOptions(beam_factor=2)))
+    assert config != DiffclsConfig(loss="l1", hierarchical=HierarchicalOptions(beam_factor=4))
+    replaced = dataclasses.replace(config, hierarchical=HierarchicalOptions(beam_factor=4), dtype="fp32")
+    assert (replaced.hierarchical.beam_factor, replaced.dtype, replaced.loss) == (4, "fp32", "l1")
+    assert config.hierarchical.beam_factor == 2  # frozen: replace made a new config
+    assert list(config.to_dict()) == [
+        "loss", "prompts", "dtype", "image_size", "unet_batch_size", "allow_pickle", "compile", "baseline", "adaptive", "hierarchical",
+        "ttest", "race",
+    ]
+    with pytest.raises(DiffclsError, match=r"unknown option 'hierarchial'\. Did you mean 'hierarchical'\?"):
+        DiffclsConfig(hierarchial=HierarchicalOptions())
+    with pytest.raises(DiffclsError, match=r"the hierarchical options must be a HierarchicalOptions, got BaselineOptions"):
+        DiffclsConfig(hierarchical=BaselineOptions())
+    with pytest.raises(AttributeError):
+        config.no_such_sampler  # noqa: B018
+    with pytest.raises(DiffclsError, match=r"unknown sampler 'hierarchial'"):
+        config.sampler_options("hierarchial")
+
+
+def test_published_presets_of_li_et_al_and_clark_jaini():
+    config = load_config(None, ["adaptive.preset=li-aircraft", "ttest.preset=clark-jaini"])
+    assert (config.adaptive.to_keep, config.adaptive.n_samples) == ((20, 10, 5, 1), (20, 50, 100, 500))
+    assert (config.ttest.p, config.ttest.min_samples, config.ttest.max_samples, config.ttest.weight_rate) == (2e-3, 20, 2000, 7.0)
+    cifar = load_config(None, ["adaptive.preset=li-cifar10"]).adaptive
+    assert (cifar.to_keep, cifar.n_samples) == ((5, 1), (50, 500))

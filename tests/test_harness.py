@@ -51,9 +51,11 @@ def test_model_type_is_registered_and_listed_in_help():
     [TEMPLATES, {c: [f"a {c}."] + [f"a photo of a {c} number {k}." for k in range(i % 3)] for i, c in enumerate(CLASSNAMES)}],
     ids=["list-templates", "cupl-dict-unequal-counts"],
 )
-@pytest.mark.parametrize("model_name", ["diffusion-baseline", "diffusion-adaptive", "diffusion-hier"])
+@pytest.mark.parametrize("model_name", ["diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-ttest", "diffusion-race"])
 def test_harness_logits_rank_classes_exactly_as_the_sampler(tiny_sd, templates, model_name):
-    config = load_config(None, ["adaptive.to_keep=[3,1]", "adaptive.n_samples=[4,8]", "baseline.n_timesteps=8"])
+    config = load_config(
+        None, ["adaptive.to_keep=[3,1]", "adaptive.n_samples=[4,8]", "baseline.n_timesteps=8", "ttest.min_samples=3", "ttest.max_samples=12"]
+    )
     # through the harness's own loader entry point, with --model_type open_clip (the default)
     model, transform, tokenizer = load_clip("open_clip", model_name, str(tiny_sd), None, "cpu")
     model.config = config
@@ -138,10 +140,10 @@ def test_bad_harness_input_is_one_clear_line_before_any_loading(monkeypatch, arg
 
 def test_bad_config_named_by_environment_fails_before_loading(monkeypatch, tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("hierarchical:\n  beam: 2\n")
+    path.write_text("hierarchical:\n  beam_size: 2\n")
     monkeypatch.setenv("DIFFCLS_CONFIG", str(path))
     args = harness_args(["eval", "--model", "diffusion-hier", "--dataset", "cifar10"], monkeypatch)
-    with pytest.raises(SystemExit, match=r"bad\.yaml: unknown key 'hierarchical\.beam'"):
+    with pytest.raises(SystemExit, match=r"bad\.yaml: unknown key 'hierarchical\.beam_size'"):
         harness_cli.main_eval(args)
 
 
@@ -162,12 +164,15 @@ def run_cli(argv, cwd, env_extra=None):
 
 
 def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_path, tiny_sd, tiny_wds):
-    """The real `clip_benchmark eval` command line, all three samplers, default loader workers."""
+    """The real `clip_benchmark eval` command line, four samplers, default loader workers."""
     root, images, labels = tiny_wds
     config = tmp_path / "diffcls.yaml"
-    config.write_text("adaptive:\n  to_keep: [3, 1]\n  n_samples: [4, 16]\nbaseline:\n  n_timesteps: 16\nhierarchical:\n  beam_factor: 1.5\n")
+    config.write_text(
+        "adaptive:\n  to_keep: [3, 1]\n  n_samples: [4, 16]\nbaseline:\n  n_timesteps: 16\nhierarchical:\n  beam_factor: 1.5\n"
+        "race:\n  n_timesteps: 16\n  alpha: 0.05\n"
+    )
     proc = run_cli(
-        ["clip_benchmark", "eval", "--model", "diffusion-baseline", "diffusion-adaptive", "diffusion-hier",
+        ["clip_benchmark", "eval", "--model", "diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-race",
          "--model_type", "diffusion", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
          "--batch_size", "5", "--seed", "7", "--output", str(tmp_path / "{model}.json")],
         cwd=tmp_path,
@@ -175,7 +180,7 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
     )
     assert "unet_evals_per_s" in proc.stderr  # progress shows UNet evaluations per second
     evals = {}
-    for name in ("diffusion-baseline", "diffusion-adaptive", "diffusion-hier"):
+    for name in ("diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-race"):
         dump = json.loads((tmp_path / f"{name}.json").read_text())
         assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(dump)
         assert dump["model"] == name and dump["pretrained"] == "tiny-sd" and dump["dataset"] == "wds/tiny"
@@ -195,6 +200,7 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
     assert evals["diffusion-baseline"] == 6 * 16
     assert evals["diffusion-adaptive"] == 6 * 4 + 3 * 12
     assert evals["diffusion-hier"] < evals["diffusion-baseline"]
+    assert evals["diffusion-race"] <= evals["diffusion-baseline"]
     # the results keep the harness schema: clip_benchmark build reads them
     run_cli(["clip_benchmark", "build", *map(str, tmp_path.glob("*.json")), "--output", str(tmp_path / "b.csv")], cwd=tmp_path)
     header = (tmp_path / "b.csv").read_text().splitlines()[0].split(",")

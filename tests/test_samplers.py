@@ -244,3 +244,16 @@ def test_inconsistent_options_are_rejected_before_any_compute(options, message):
     with pytest.raises(DiffclsError):
         classify(sampler(10, options), lambda c, t, n: calls.append(1) or [0.0] * len(c))
     assert calls == []
+
+
+def test_fixed_beam_is_algorithm_1_as_written():
+    """BeamSize = C/b once (line 3): after the first timestep, C/b classes at every timestep."""
+    options = HierarchicalOptions(beam="fixed", beam_factor=2, n_timesteps=8, direction="ascending")
+    scorer = Recorder([0.0] + [1.0] * 9, jitter=0.1)
+    result = classify(hierarchical(10, options), scorer)
+    assert result.n_evals == 10 + 7 * 5
+    assert result.prediction == 0 and result.stop_reason == "schedule"
+    assert [len(call) for call in scorer.calls] == [10] + [5] * 7
+    # a progressive beam with the same b halves every time: 10, 5, 2, 1
+    progressive = classify(hierarchical(10, HierarchicalOptions(beam_factor=2, n_timesteps=8)), Recorder([0.0] + [1.0] * 9, jitter=0.1))
+    assert progressive.n_evals == 10 + 5 + 2 and progressive.stop_reason == "beam"

@@ -19,6 +19,16 @@ class AdaptiveOptions(SamplerOptions):
     """
 
     section = "adaptive"
+    # Li et al.'s published schedules (their paper's Table 6 and code), by dataset
+    PRESETS = {
+        "li-cifar10": {"to_keep": (5, 1), "n_samples": (50, 500)},
+        "li-cifar10-halved": {"to_keep": (5, 1), "n_samples": (25, 250)},
+        "li-stl10": {"to_keep": (5, 1), "n_samples": (100, 500)},
+        "li-pets": {"to_keep": (5, 1), "n_samples": (25, 250)},
+        "li-aircraft": {"to_keep": (20, 10, 5, 1), "n_samples": (20, 50, 100, 500)},
+        "li-food101": {"to_keep": (20, 10, 5, 1), "n_samples": (20, 50, 100, 500)},
+        "li-imagenet": {"to_keep": (500, 50, 10, 1), "n_samples": (50, 100, 500, 1000)},
+    }
     to_keep: tuple[int, ...] = (5, 1)
     n_samples: tuple[int, ...] = (50, 500)
     n_trials: int = 1

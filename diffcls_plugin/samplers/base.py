@@ -43,7 +43,8 @@ class SamplerResult:
             ``nan`` for a class that was never evaluated).
         n_evals: distinct (class, timestep, noise) evaluations spent on the image.
         n_rounds: rounds (stages, timesteps) the sampler ran.
-        stop_reason: ``"schedule"`` (ran to the end), ``"beam"`` (one class left) or
+        stop_reason: ``"schedule"`` (ran to the end), ``"beam"`` (one class left), ``"budget"``
+            (a sampler's cap on evaluations was reached) or
             ``"patience"`` (the best class did not change for ``patience`` rounds).
     """
 
@@ -110,6 +111,10 @@ class Evaluations:
                 )
             self._errors[key] = error
             self._by_class.setdefault(key[0], []).append(error)
+
+    def error(self, class_idx: int, timestep: int, noise_idx: int) -> float:
+        """The error of one evaluated triple (``KeyError`` if it was never evaluated)."""
+        return self._errors[(class_idx, timestep, noise_idx)]
 
     def mean(self, class_idx: int) -> float:
         """Mean error over all evaluations of a class (exactly rounded, so order-independent)."""

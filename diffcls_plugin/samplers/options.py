@@ -1,17 +1,30 @@
-"""Shared validation helpers for sampler option dataclasses."""
+"""Shared validation helpers for sampler option dataclasses, and named presets of options."""
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
-from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.errors import DiffclsError, unknown_name_error
 
 
+@dataclass(frozen=True)
 class SamplerOptions:
-    """Mixin for frozen option dataclasses: a section name and typed checks with clear errors."""
+    """Base of frozen option dataclasses: a section name, presets and typed checks with clear errors.
 
-    section = ""
+    Subclasses are ``@dataclass(frozen=True)`` and set ``section`` (the sampler's name, which is
+    also its section in config files) and optionally ``PRESETS``: named bundles of option values
+    that a config section starts from with ``preset: NAME``.
+
+    Attributes:
+        preset: the preset the options started from (recorded in results); ``None`` for none.
+            Keyword-only, so subclasses' positional fields are unchanged.
+    """
+
+    section: ClassVar[str] = ""
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    preset: str | None = field(default=None, kw_only=True)
 
     def _fail(self, key: str, problem: str) -> DiffclsError:
         return DiffclsError(f"{self.section}.{key} {problem}")
@@ -24,12 +37,39 @@ class SamplerOptions:
             bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
             raise self._fail(key, f"must be {bound}, got {value}")
 
+    @classmethod
+    def preset_values(cls, name: Any) -> dict[str, Any]:
+        """The option values of the preset ``name``.
+
+        Args:
+            name: a key of ``PRESETS``.
+
+        Returns:
+            a fresh dict of option values (without ``preset``).
+
+        Raises:
+            DiffclsError: for an unknown name, listing the valid ones with a "did you mean" hint.
+        """
+        if not cls.PRESETS:
+            raise DiffclsError(f"{cls.section}.preset {name!r}: {cls.section} has no presets; remove {cls.section}.preset")
+        if not isinstance(name, str) or name not in cls.PRESETS:
+            raise unknown_name_error(
+                f"{cls.section} preset", str(name), cls.PRESETS, f"Set {cls.section}.preset to one of them or remove it."
+            )
+        return dict(cls.PRESETS[name])
+
+    def check_preset(self) -> None:
+        """Raise :class:`DiffclsError` when ``preset`` names no preset of this sampler."""
+        if self.preset is not None:
+            type(self).preset_values(self.preset)
+
     def validate(self, num_train_timesteps: int = 1000) -> None:
         """Raise :class:`DiffclsError` for inconsistent options (before any compute)."""
         raise NotImplementedError(f"{type(self).__name__} must define validate()")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        """Every option (``preset`` included) as plain JSON/YAML values; tuples become lists."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,462 @@
+"""Every sampler configuration on every pair of the proxy suite (``bench/proxies.py``).
+
+For each pair and split (validation, test) the errors of every (image, class, timestep, noise)
+that any configuration asks for are computed once, for all classes at once, and shared
+(``ErrorTable``); every configuration is charged its own distinct evaluations
+(``SamplerResult.n_evals``). Every configuration sees the same images and the same noises.
+
+Choices are made on VALIDATION splits only; TEST splits are read once per reported number:
+
+- shipped defaults: per sampler, the cheapest configuration (mean evaluation ratio to the
+  32-timestep baseline) whose validation top-1 is within ``TOLERANCE`` of the baseline's on
+  every pair; reported on every pair's test split, with the worst case;
+- leave-one-pair-out: the same rule on the other pairs' validation splits, reported on the
+  left-out pair's test split (how the rule carries to a model it never saw);
+- budgets: per pair and sampler, the most accurate configuration on validation within each
+  evaluation budget, reported on test;
+- the direction ablation (the paper's Figure 4 question): the rule restricted to each direction.
+
+Seconds per image of the headline configurations are measured without the cache, through
+``DiffusionClassifier.classify`` on the first ``--time-images`` test images of each pair.
+
+    python bench/suite.py                    # writes bench/results/suite.{json,md} and suite-<pair>.png
+    python bench/suite.py --pairs digits-noisy --quick   # a small grid, for trying changes
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import tarfile
+import time
+from dataclasses import replace
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import RESULTS, environment
+from diffcls_plugin.config import load_config
+from diffcls_plugin.model import load_classifier
+from diffcls_plugin.samplers import (
+    SAMPLERS,
+    AdaptiveOptions,
+    BaselineOptions,
+    HierarchicalOptions,
+    SamplerOptions,
+    run_samplers,
+)
+from diffcls_plugin.samplers.race import RaceOptions
+from diffcls_plugin.samplers.ttest import TTestOptions
+from proxies import PAIRS, Pair
+
+TOLERANCE = 0.0  # no loss against the 32-timestep baseline on any validation split
+BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+FAMILIES = ("adaptive", "hierarchical", "ttest", "race")
+
+
+# ----------------------------------------------------------------------------- configurations
+def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
+    """Every configuration measured: (sampler name, options).
+
+    Everything but the one-timestep baseline and the t-test sampler (whose timesteps are drawn
+    at random, as Clark & Jaini's) visits timesteps of the 32-timestep baseline's grid (Li et
+    al.'s formula), so the suite's cost is about that of baseline-32 on every image: Li et al.'s
+    adaptive schedules are scaled to a last stage of 32 timesteps (their stage grids are then
+    sub-grids of it), and the baseline at fewer timesteps is drawn as the race without
+    elimination capped at ``k`` slots (``alpha: 0, max_slots: k``: the baseline on an evenly
+    spaced sub-grid of ``k`` of the 32 timesteps).
+    """
+    configs: list[tuple[str, SamplerOptions]] = [("baseline", BaselineOptions(n_timesteps=n)) for n in (1, 32)]
+    configs += [("race", RaceOptions(alpha=0, max_slots=k)) for k in (1, 2, 4, 8, 16)]
+    # Li et al.'s elimination scaled down: their CIFAR10 shape (keep 5, then 1), sharper ones,
+    # and their many-class shape (Aircraft: 20 10 5 1) as (10, 5, 1)
+    two = ((1, 32), (2, 32), (4, 32), (8, 32), (16, 32))
+    three = ((1, 4, 32), (2, 8, 32), (4, 16, 32))
+    configs += [("adaptive", AdaptiveOptions(to_keep=k, n_samples=n)) for k in ((5, 1), (3, 1), (2, 1)) for n in two]
+    configs += [("adaptive", AdaptiveOptions(to_keep=(10, 5, 1), n_samples=n)) for n in three]
+    hier = itertools.product((1.25, 1.5, 2.0, 3.0), (None, 1, 2, 4), ("ascending", "descending", "center-out"))
+    configs += [("hierarchical", HierarchicalOptions(beam_factor=b, patience=p, direction=d)) for b, p, d in hier]
+    fixed = itertools.product((2.0, 4.0), (None, 2, 4), ("ascending", "descending", "center-out"))
+    configs += [("hierarchical", HierarchicalOptions(beam="fixed", beam_factor=b, patience=p, direction=d)) for b, p, d in fixed]
+    configs += [("hierarchical", preset("hierarchical", "paper"))]
+    race = itertools.product((0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001), (2, 3, 4, 6), ("stratified", "center-out", "ascending", "descending"))
+    configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o)) for a, m, o in race]
+    ttest = itertools.product((0.1, 0.02, 2e-3), (4, 8), (7.0, 0.0))
+    configs += [("ttest", TTestOptions(p=p, min_samples=m, weight_rate=w, max_samples=64)) for p, m, w in ttest]
+    if quick:
+        configs = configs[:7] + configs[7:30:5] + [c for c in configs if c[0] == "hierarchical"][::7] + [c for c in configs[30:] if c[0] in ("race", "ttest")][::7]
+    return configs
+
+
+def preset(section: str, name: str) -> SamplerOptions:
+    """A named preset's options (``hierarchical: {preset: paper}``)."""
+    from diffcls_plugin.config import config_from_dict
+
+    return config_from_dict({section: {"preset": name}}).sampler_options(section)
+
+
+def key(sampler: str, options: SamplerOptions) -> str:
+    return f"{sampler} {json.dumps(options.to_dict(), sort_keys=True)}"
+
+
+# ----------------------------------------------------------------------------- data and scoring
+def read_split(root: Path, split: str) -> tuple[list, list[int], list[str], list[str]]:
+    """Images (PIL), labels, class names and templates of a committed webdataset split, key order."""
+    from PIL import Image
+
+    samples: dict[str, dict[str, bytes]] = {}
+    n_shards = int((root / split / "nshards.txt").read_text())
+    for s in range(n_shards):
+        with tarfile.open(root / split / f"{s}.tar") as tar:
+            for member in tar.getmembers():
+                stem, ext = member.name.rsplit(".", 1)
+                samples.setdefault(stem, {})[ext] = tar.extractfile(member).read()
+    keys = sorted(samples)
+    images = [Image.open(BytesIO(samples[k]["png"])).convert("RGB") for k in keys]
+    labels = [int(samples[k]["cls"]) for k in keys]
+    classnames = (root / "classnames.txt").read_text().splitlines()
+    templates = (root / "zeroshot_classification_templates.txt").read_text().splitlines()
+    return images, labels, [c for c in classnames if c.strip()], [t for t in templates if t.strip()]
+
+
+class ErrorTable:
+    """A batch scorer that computes each (image, class, timestep, noise) once and shares it.
+
+    ``run_samplers`` already flattens every image's pending triples into one call, so the
+    misses of a call go through the UNet in large batches.
+    """
+
+    def __init__(self, model, pixels: torch.Tensor) -> None:
+        self.inner = model.scorer(pixels)
+        self.n_classes = model.n_classes
+        self.errors: dict[tuple[int, int, int, int], float] = {}
+        self.computed = 0
+        self.seconds = 0.0
+
+    def __call__(self, image_idx, class_idx, timesteps, noise_idx):
+        keys = list(zip(image_idx, class_idx, timesteps, noise_idx))
+        missing = [k for k in dict.fromkeys(keys) if k not in self.errors]
+        if missing:
+            start = time.perf_counter()
+            self.errors.update(zip(missing, self.inner(*zip(*missing))))
+            self.computed += len(missing)
+            self.seconds += time.perf_counter() - start
+        return [self.errors[k] for k in keys]
+
+
+def family_of(row: dict) -> str:
+    """The row's sampler, with the race capped without elimination shown as the baseline on sub-grids."""
+    if row["sampler"] == "race" and row["options"]["alpha"] == 0:
+        return "subgrid"
+    return row["sampler"]
+
+
+def evaluate(sampler: str, options: SamplerOptions, table: ErrorTable, labels: list[int], n_train: int) -> dict:
+    spec = SAMPLERS.get(sampler)
+    results = run_samplers([spec.fn(table.n_classes, options, n_train) for _ in labels], table)
+    correct = [r.prediction == y for r, y in zip(results, labels)]
+    return {
+        "sampler": sampler,
+        "options": options.to_dict(),
+        "top1": sum(correct) / len(correct),
+        "evals_per_image": sum(r.n_evals for r in results) / len(results),
+        "correct": "".join("1" if c else "0" for c in correct),
+    }
+
+
+def measure_pair(pair: Pair, configs, args) -> dict:
+    cfg = load_config(None, ["unet_batch_size=512"])
+    model = load_classifier("diffusion-baseline", pair.pretrained, config=cfg, seed=0, progress=False)
+    out: dict = {"pair": pair.name, "pretrained": pair.pretrained, "what": pair.what, "splits": {}}
+    for split in ("val", "test"):
+        images, labels, classnames, templates = read_split(pair.root, split)
+        if split == "val":
+            model.prepare(classnames, templates)
+        pixels = torch.stack([model.transform(im) for im in images])
+        table = ErrorTable(model, pixels)
+        start = time.perf_counter()
+        rows = [evaluate(s, o, table, labels, model.adapter.num_train_timesteps) for s, o in configs]
+        out["splits"][split] = {
+            "n_images": len(labels),
+            "n_classes": len(classnames),
+            "rows": {key(r["sampler"], _options(r)): r for r in rows},
+            "unet_evals_computed": table.computed,
+            "unet_seconds": table.seconds,
+            "seconds": time.perf_counter() - start,
+        }
+        print(f"  {pair.name}/{split}: {len(labels)} images, {len(classnames)} classes, "
+              f"{table.computed} UNet evaluations in {table.seconds:.0f} s, {len(rows)} configurations in {time.perf_counter() - start:.0f} s", flush=True)
+    out["seconds_per_unet_eval"] = sum(s["unet_seconds"] for s in out["splits"].values()) / max(1, sum(s["unet_evals_computed"] for s in out["splits"].values()))
+    out["_model"] = model
+    return out
+
+
+def _options(row: dict) -> SamplerOptions:
+    return options_from(row["sampler"], row["options"])
+
+
+def options_from(sampler: str, values: dict) -> SamplerOptions:
+    cls = SAMPLERS.get(sampler).options_cls
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
+    return cls(**fields)
+
+
+def time_configs(pair_data: dict, named: dict[str, tuple[str, SamplerOptions]], n_images: int) -> dict[str, float]:
+    """Seconds per image without the cache (VAE, noise, UNet, sampler), first ``n_images`` test images."""
+    model = pair_data["_model"]
+    images, _, _, _ = read_split(Path(pair_data["root"]), "test")
+    pixels = torch.stack([model.transform(im) for im in images[:n_images]])
+    out = {}
+    for name, (sampler, options) in named.items():
+        model.sampler = SAMPLERS.get(sampler)
+        model.options = options
+        start = time.perf_counter()
+        for s in range(0, len(pixels), 32):
+            model.classify(pixels[s : s + 32])
+        out[name] = (time.perf_counter() - start) / len(pixels)
+    return out
+
+
+# ----------------------------------------------------------------------------- choosing
+def ratio(row: dict, base: dict) -> float:
+    return row["evals_per_image"] / base["evals_per_image"]
+
+
+def base32(pair_split: dict) -> dict:
+    return pair_split["rows"][key("baseline", BaselineOptions(n_timesteps=32))]
+
+
+def choose(data: list[dict], family: str, keep=lambda row: True, tolerance: float = TOLERANCE) -> str:
+    """The cheapest configuration of ``family`` within ``tolerance`` of baseline-32 on the
+    validation split of every pair in ``data`` (mean evaluation ratio); if none qualifies, the
+    one with the best worst-case gap."""
+    keys = [k for k, r in data[0]["splits"]["val"]["rows"].items() if family_of(r) == family and keep(r)]
+
+    def stats(k):
+        gaps, ratios = [], []
+        for d in data:
+            split = d["splits"]["val"]
+            b, r = base32(split), split["rows"][k]
+            gaps.append(b["top1"] - r["top1"])
+            ratios.append(ratio(r, b))
+        return max(gaps), sum(ratios) / len(ratios)
+
+    scored = {k: stats(k) for k in keys}
+    good = [k for k, (gap, _) in scored.items() if gap <= tolerance + 1e-12]
+    if good:
+        return min(good, key=lambda k: (scored[k][1], scored[k][0], k))
+    return min(keys, key=lambda k: (scored[k][0], scored[k][1], k))
+
+
+def best_within(d: dict, family: str, budget: float) -> str | None:
+    """On one pair's validation split: the most accurate configuration within ``budget``."""
+    split = d["splits"]["val"]
+    b = base32(split)
+    rows = [(k, r) for k, r in split["rows"].items() if family_of(r) == family and ratio(r, b) <= budget + 1e-12]
+    if not rows:
+        return None
+    return max(rows, key=lambda kr: (kr[1]["top1"], -kr[1]["evals_per_image"], kr[0]))[0]
+
+
+def test_row(d: dict, k: str) -> dict:
+    split = d["splits"]["test"]
+    r, b = split["rows"][k], base32(split)
+    return {"top1": r["top1"], "evals_per_image": r["evals_per_image"], "gap_points": 100 * (b["top1"] - r["top1"]), "eval_ratio": ratio(r, b)}
+
+
+def mcnemar_p(a: str, b: str) -> float:
+    """Exact two-sided McNemar p-value of two paired correctness strings."""
+    from scipy.stats import binomtest
+
+    n01 = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    n10 = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    return 1.0 if n01 + n10 == 0 else float(binomtest(n01, n01 + n10, 0.5).pvalue)
+
+
+# ----------------------------------------------------------------------------- reporting
+def plot(d: dict, shipped: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = d["splits"]["test"]["rows"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    styles = {"subgrid": ("tab:blue", "o"), "adaptive": ("tab:orange", "s"), "hierarchical": ("tab:green", "^"), "ttest": ("tab:purple", "v"), "race": ("tab:red", "D")}
+    labels = {"subgrid": "baseline on k of the 32 timesteps"}
+    for name in ("baseline-1", "baseline-32"):
+        r = rows[key("baseline", BaselineOptions(n_timesteps=int(name.split("-")[1])))]
+        ax.scatter([r["evals_per_image"]], [100 * r["top1"]], s=40, color="black", marker="*", zorder=6)
+        ax.annotate(name, (r["evals_per_image"], 100 * r["top1"]), fontsize=7, xytext=(4, -8), textcoords="offset points")
+    for sampler, (color, marker) in styles.items():
+        pts = sorted(((r["evals_per_image"], 100 * r["top1"]) for r in rows.values() if family_of(r) == sampler))
+        if not pts:
+            continue
+        ax.scatter(*zip(*pts), s=9, alpha=0.2, color=color, marker=marker)
+        front, best = [], -1.0
+        for x, y in pts:
+            if y > best:
+                front.append((x, y))
+                best = y
+        ax.plot(*zip(*front), color=color, marker=marker, ms=4, label=f"{labels.get(sampler, sampler)} (test frontier)")
+    for family, k in shipped.items():
+        if k in rows:
+            r = rows[k]
+            ax.scatter([r["evals_per_image"]], [100 * r["top1"]], s=130, facecolors="none", edgecolors=styles[family][0], linewidths=1.8, zorder=5)
+    b = base32(d["splits"]["test"])
+    ax.axhline(100 * b["top1"] - 1.0, color="grey", lw=0.8, ls="--", label="baseline-32 - 1 point")
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet evaluations per image (log)")
+    ax.set_ylabel("top-1 % (test split)")
+    ax.set_title(f"{d['pair']}: {d['what']}\n(circles: shipped defaults, chosen on validation)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def short(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items() if v is not None and k != "preset") or "-"
+
+
+def report(data: list[dict], summary: dict) -> str:
+    lines = ["# The proxy suite: accuracy against cost, every sampler on every pair", "",
+             "Generated by `python bench/suite.py`; every number below is on a TEST split unless it says",
+             "validation. Defaults were chosen on validation splits only. No Stable Diffusion accuracy is",
+             "measured here: these are tiny models whose one-timestep accuracy is far below their",
+             "32-timestep accuracy, as Stable Diffusion's is.", "",
+             "## The pairs", "", "| pair | what | classes | val / test images | baseline-1 | baseline-32 (val) | baseline-1 | baseline-32 (test) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for d in data:
+        v, t = d["splits"]["val"], d["splits"]["test"]
+        b1 = key("baseline", BaselineOptions(n_timesteps=1))
+        lines.append(f"| {d['pair']} | {d['what']} | {v['n_classes']} | {v['n_images']} / {t['n_images']} | "
+                     f"{100 * v['rows'][b1]['top1']:.1f} | {100 * base32(v)['top1']:.1f} | {100 * t['rows'][b1]['top1']:.1f} | {100 * base32(t)['top1']:.1f} |")
+    lines += ["", "## Shipped defaults (chosen on all validation splits), on each test split", "",
+              f"Rule: the cheapest configuration (mean evaluation ratio to baseline-32) within {100 * TOLERANCE:g} points of",
+              "baseline-32 on every validation split (0: no loss on any). A positive gap is a loss. McNemar: exact two-sided test of",
+              "the paired test-split predictions. Seconds per image are measured without the cache.", "",
+              "| pair | sampler | options | top-1 % | gap to b-32 (points) | McNemar p vs b-32 | evals / img | ratio to b-32 | s / img |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for d in data:
+        for name in ("baseline-1", "baseline-32", *FAMILIES):
+            k = summary["headline_keys"][name]
+            r = test_row(d, k)
+            sec = summary["seconds_per_image"][d["pair"]][name]
+            p = summary["mcnemar_vs_baseline32"][d["pair"]].get(name)
+            lines.append(f"| {d['pair']} | {name} | {short(d['splits']['test']['rows'][k]['options'])} | {100 * r['top1']:.1f} | {r['gap_points']:+.1f} | "
+                         f"{'–' if p is None else f'{p:.2g}'} | {r['evals_per_image']:.1f} | {r['eval_ratio']:.3f} | {sec:.4f} |")
+    lines += ["", "Worst case over the pairs (test):", "", "| sampler | worst gap (points) | worst evaluation ratio | mean evaluation ratio |", "|---|---:|---:|---:|"]
+    for family in FAMILIES:
+        w = summary["worst_case"][family]
+        lines.append(f"| {family} | {w['worst_gap_points']:+.2f} | {w['worst_eval_ratio']:.3f} | {w['mean_eval_ratio']:.3f} |")
+    lines += ["", "## Leave one pair out", "",
+              "The same rule applied to the other pairs' validation splits; the left-out pair's test split.", "",
+              "| left out | sampler | chosen | gap (points) | ratio |", "|---|---|---|---:|---:|"]
+    for entry in summary["leave_one_out"]:
+        lines.append(f"| {entry['pair']} | {entry['sampler']} | {short(entry['options'])} | {entry['gap_points']:+.1f} | {entry['eval_ratio']:.3f} |")
+    lines += ["", "## Accuracy at each budget", "",
+              "Per pair and sampler: the most accurate configuration on that pair's validation split within the",
+              "budget (evaluations as a fraction of baseline-32's), its top-1 on test.", "",
+              "| pair | sampler | " + " | ".join(f"<= {b:g}" for b in BUDGETS) + " |", "|---|---|" + "---:|" * len(BUDGETS)]
+    for d in data:
+        for family in FAMILIES:
+            cells = [summary["budgets"][d["pair"]][family][str(b)] for b in BUDGETS]
+            lines.append(f"| {d['pair']} | {family} | " + " | ".join("–" if c is None else f"{100 * c['top1']:.1f}" for c in cells) + " |")
+    lines += ["", "## Direction of travel (the paper's Figure 4 question)", "",
+              "The rule restricted to one direction of the hierarchical sampler; gap and ratio on each test split.", "",
+              "| direction | chosen | " + " | ".join(d["pair"] for d in data) + " |", "|---|---|" + "---|" * len(data)]
+    for direction, entry in summary["directions"].items():
+        cells = [f"{c['gap_points']:+.1f} pt @ {c['eval_ratio']:.2f}" for c in entry["test"]]
+        lines.append(f"| {direction} | {short(entry['options'])} | " + " | ".join(cells) + " |")
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--pairs", default=",".join(p.name for p in PAIRS))
+    parser.add_argument("--quick", action="store_true", help="a small grid (results not written to the committed files)")
+    parser.add_argument("--time-images", type=int, default=64)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    pairs = [p for p in PAIRS if p.name in args.pairs.split(",")]
+    configs = grid(args.quick)
+    print(f"{len(configs)} configurations x {len(pairs)} pairs", flush=True)
+    data = []
+    for pair in pairs:
+        d = measure_pair(pair, configs, args)
+        d["root"] = str(pair.root)
+        data.append(d)
+
+    summary: dict = {"rule": f"cheapest mean evaluation ratio within {100 * TOLERANCE:g} points of baseline-32 on every validation split"}
+    headline = {"baseline-1": key("baseline", BaselineOptions(n_timesteps=1)), "baseline-32": key("baseline", BaselineOptions(n_timesteps=32))}
+    for family in FAMILIES:
+        headline[family] = choose(data, family)
+    summary["headline_keys"] = headline
+    summary["shipped"] = {f: data[0]["splits"]["val"]["rows"][headline[f]]["options"] for f in FAMILIES}
+    summary["test"] = {d["pair"]: {name: test_row(d, k) for name, k in headline.items()} for d in data}
+    summary["worst_case"] = {}
+    for family in FAMILIES:
+        rows = [summary["test"][d["pair"]][family] for d in data]
+        summary["worst_case"][family] = {
+            "worst_gap_points": max(r["gap_points"] for r in rows),
+            "worst_eval_ratio": max(r["eval_ratio"] for r in rows),
+            "mean_eval_ratio": sum(r["eval_ratio"] for r in rows) / len(rows),
+        }
+    summary["mcnemar_vs_baseline32"] = {
+        d["pair"]: {f: mcnemar_p(d["splits"]["test"]["rows"][headline[f]]["correct"], base32(d["splits"]["test"])["correct"]) for f in FAMILIES}
+        for d in data
+    }
+    summary["leave_one_out"] = []
+    if len(data) > 1:
+        for i, d in enumerate(data):
+            others = data[:i] + data[i + 1 :]
+            for family in FAMILIES:
+                k = choose(others, family)
+                summary["leave_one_out"].append({"pair": d["pair"], "sampler": family, "options": d["splits"]["test"]["rows"][k]["options"], **test_row(d, k)})
+    summary["budgets"] = {
+        d["pair"]: {f: {str(b): (lambda k: None if k is None else test_row(d, k))(best_within(d, f, b)) for b in BUDGETS} for f in FAMILIES}
+        for d in data
+    }
+    summary["directions"] = {}
+    for direction in ("ascending", "descending", "center-out"):
+        k = choose(data, "hierarchical", keep=lambda r, d=direction: r["options"]["direction"] == d and r["options"]["t_step"] is None)
+        summary["directions"][direction] = {"options": data[0]["splits"]["val"]["rows"][k]["options"], "test": [test_row(d, k) for d in data]}
+    paper = key("hierarchical", preset("hierarchical", "paper"))
+    if paper in data[0]["splits"]["test"]["rows"]:
+        summary["paper_preset"] = {d["pair"]: test_row(d, paper) for d in data}
+
+    print("timing the headline configurations without the cache ...", flush=True)
+    summary["seconds_per_image"] = {}
+    for d in data:
+        named = {name: (d["splits"]["test"]["rows"][k]["sampler"], _options(d["splits"]["test"]["rows"][k])) for name, k in headline.items()}
+        summary["seconds_per_image"][d["pair"]] = time_configs(d, named, args.time_images)
+
+    keep = set(headline.values())
+    for d in data:
+        d.pop("_model")
+        for split in d["splits"].values():  # per-image correctness only for the headline rows
+            for k, r in split["rows"].items():
+                if k not in keep:
+                    r.pop("correct")
+    record = {"environment": environment(), "seconds": time.perf_counter() - start, "n_configurations": len(configs),
+              "tolerance": TOLERANCE, "summary": summary, "pairs": data}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "suite-quick" if args.quick else "suite"
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / f"{name}.md").write_text(report(data, summary))
+    for d in data:
+        plot(d, {f: headline[f] for f in FAMILIES}, out / f"{name}-{d['pair']}.png")
+    print((out / f"{name}.md").read_text())
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

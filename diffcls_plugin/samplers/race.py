@@ -1,0 +1,178 @@
+"""A race: classes are eliminated by paired confidence bounds on the full-grid mean error.
+
+The 32-timestep baseline predicts ``argmin_c mean_{t in grid} e_c(t)``: a mean over a *finite,
+known* population of (timestep, noise) slots. The race visits that population slot by slot in a
+stratified order (every prefix is spread evenly over the noise levels) and scores every class
+still in the race at each slot, so all survivors share the same slots (Li et al.'s paired
+comparison). After each slot it estimates, for every survivor ``c``, the full-population mean of
+its paired difference to the current leader ``L``,
+``d_c = mean_slots (e_c - e_L)``, with a finite-population standard error
+
+    se_c = s_c / sqrt(n) * sqrt((N - n) / N)        n slots seen of N
+
+and eliminates ``c`` once ``mean(d_c) - q * se_c > 0`` with ``q`` Student's t quantile at
+``1 - alpha`` (``n - 1`` degrees of freedom): ``c`` is then confidently behind the leader on the
+*whole* grid, which is what the baseline would decide. It stops when one class is left or the
+population is exhausted; at that point ``se = 0`` and the prediction is exactly the baseline's
+among the survivors. So easy images cost a few slots of all classes, close calls cost more, and
+``alpha = 0`` never eliminates: the result is the baseline's, evaluation for evaluation.
+
+This is a racing algorithm (Maron & Moore 1994, "Hoeffding races"; successive elimination,
+Even-Dar et al. 2002) with the sampling-without-replacement correction of survey sampling; its
+pruning rule resembles Clark & Jaini 2023's paired t-test, but it estimates the baseline's own
+finite-grid decision rather than an expectation over continuous timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, li_timesteps, order_by_score
+from diffcls_plugin.samplers.options import SamplerOptions
+
+ORDERS = ("stratified", "ascending", "descending", "center-out")
+
+
+@dataclass(frozen=True)
+class RaceOptions(SamplerOptions):
+    """Options of the race sampler.
+
+    Attributes:
+        n_timesteps: size of the population grid (Li et al.'s evenly spaced formula, the same grid
+            as the baseline's ``n_timesteps``).
+        n_noises: noise draws per timestep; the population has ``n_timesteps * n_noises`` slots.
+        alpha: one-sided error level of each elimination (smaller is more careful and costs
+            more). ``0`` never eliminates: the result equals the baseline's.
+        min_slots: slots every class is scored at before the first elimination (>= 2).
+        max_slots: a hard cap on the slots visited (``None``: all of them); at the cap the
+            prediction is the survivor with the lowest mean error. With ``alpha: 0`` and
+            ``order: stratified`` this is the baseline on an evenly spaced sub-grid.
+        order: the order slots are visited in: ``stratified`` (van der Corput order starting at
+            the middle of the grid: every prefix is spread evenly over the noise levels; the
+            default), ``ascending`` (clean to noisy), ``descending`` or ``center-out``.
+    """
+
+    section = "race"
+    n_timesteps: int = 32
+    n_noises: int = 1
+    alpha: float = 0.01
+    min_slots: int = 3
+    max_slots: int | None = None
+    order: str = "stratified"
+
+    def validate(self, num_train_timesteps: int = 1000) -> None:
+        self._check_int("n_timesteps", 1, num_train_timesteps)
+        self._check_int("n_noises", 1)
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 0.5:
+            raise self._fail("alpha", f"must be a number in [0, 0.5), got {a!r}")
+        self._check_int("min_slots", 2)
+        if self.max_slots is not None:
+            self._check_int("max_slots", 1, self.n_timesteps * self.n_noises)
+        if self.order not in ORDERS:
+            raise self._fail("order", f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
+
+
+def _van_der_corput(k: int) -> float:
+    """The k-th point of the base-2 van der Corput sequence in [0, 1)."""
+    value, denom = 0.0, 1.0
+    while k:
+        denom *= 2
+        k, bit = divmod(k, 2)
+        value += bit / denom
+    return value
+
+
+def visit_order(n: int, order: str) -> list[int]:
+    """Indices ``0..n-1`` of an ascending grid in the order the race visits them.
+
+    ``stratified``: ``floor(((v_k + 1/2) mod 1) * n)`` for the van der Corput points ``v_k``,
+    first occurrences only, so the middle comes first and every prefix of length ``2^j`` (for
+    ``n`` a power of two) is an evenly spaced sub-grid.
+    """
+    if order == "ascending":
+        return list(range(n))
+    if order == "descending":
+        return list(range(n - 1, -1, -1))
+    if order == "center-out":
+        middle = (n - 1) / 2
+        return sorted(range(n), key=lambda i: (abs(i - middle), i))
+    seen: dict[int, None] = {}
+    k = 0
+    while len(seen) < n:
+        seen.setdefault(int(((_van_der_corput(k) + 0.5) % 1.0) * n), None)
+        k += 1
+    return list(seen)
+
+
+@lru_cache(maxsize=4096)
+def t_quantile(p: float, dof: int) -> float:
+    """Student's t quantile ``t_{p, dof}`` (scipy)."""
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(p, dof))
+
+
+def paired_bound(diffs: list[float], n_total: int) -> tuple[float, float]:
+    """Mean of paired differences and its finite-population standard error (``n_total`` slots)."""
+    n = len(diffs)
+    mean = math.fsum(diffs) / n
+    var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
+    fpc = max(0.0, (n_total - n) / n_total)
+    return mean, math.sqrt(var / n * fpc)
+
+
+def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) -> Sampler:
+    """Score survivors slot by slot; eliminate classes confidently behind the leader.
+
+    Returns:
+        (as the generator's value) a :class:`SamplerResult`; eliminated classes rank below the
+        survivors, the latest eliminated first. ``stop_reason`` is ``"beam"`` when one class was
+        left, ``"schedule"`` when the grid was exhausted, ``"budget"`` at ``max_slots``.
+    """
+    options.validate(num_train_timesteps)
+    grid = li_timesteps(num_train_timesteps, options.n_timesteps)  # (n_timesteps,) ascending
+    slots = [(grid[i], n) for i in visit_order(len(grid), options.order) for n in range(options.n_noises)]
+    n_total = len(slots)
+    n_cap = n_total if options.max_slots is None else options.max_slots
+    evals = Evaluations()
+    alive = list(range(n_classes))
+    pruned: list[list[int]] = []
+    n_seen = min(options.min_slots, n_cap)
+    # the first min_slots slots need no decision in between: one flat request
+    yield from evals.ensure((c, t, n) for t, n in slots[:n_seen] for c in alive)
+    stop_reason = "schedule"
+    while True:
+        if len(alive) > 1 and options.alpha > 0 and n_seen >= 2:
+            alive, out = _eliminate(alive, slots[:n_seen], n_total, evals, options.alpha)
+            if out:
+                pruned.append(out)
+        if len(alive) == 1 and n_classes > 1:
+            stop_reason = "beam"
+            break
+        if n_seen >= n_cap:
+            stop_reason = "schedule" if n_cap == n_total else "budget"
+            break
+        t, n = slots[n_seen]
+        n_seen += 1
+        yield from evals.ensure((c, t, n) for c in alive)
+    return finish(n_classes, alive, pruned, evals, n_rounds=n_seen, stop_reason=stop_reason)
+
+
+def _eliminate(
+    alive: list[int], seen: list[tuple[int, int]], n_total: int, evals: Evaluations, alpha: float
+) -> tuple[list[int], list[int]]:
+    """Split the survivors into those kept and those confidently behind the leader."""
+    order = order_by_score(alive, evals)  # best first; all survivors share the slots seen
+    leader = order[0]
+    lead = [evals.error(leader, t, n) for t, n in seen]
+    n = len(seen)
+    q = t_quantile(1.0 - alpha, n - 1) if n < n_total else 0.0
+    keep, out = [leader], []
+    for c in order[1:]:
+        diffs = [evals.error(c, t, k) - e for (t, k), e in zip(seen, lead)]
+        mean, se = paired_bound(diffs, n_total)
+        (out if mean - q * se > 0 else keep).append(c)
+    return keep, out

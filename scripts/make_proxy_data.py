@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Write the proxy suite's data sets (``bench/proxies/data/<pair>/{val,test}``) as CLIP_benchmark
+webdatasets. Deterministic: every random degradation is seeded by the split and image index.
+
+- ``digits-clean``: scikit-learn's held-out digits (the validation and test splits of
+  ``diffcls_plugin.digits``, never trained on).
+- ``digits-noisy``: the same digits, each rotated by up to +-25 degrees, blurred (Gaussian,
+  radius 1.2 px) and noised (Gaussian, sigma 70 of 255).
+- ``digits-grainy``: the same digits with Gaussian noise only (sigma 80 of 255).
+- ``letters-fonts``: 26 capitals in held-out font families of ``scripts/letters.py`` (validation
+  and test families disjoint from each other and from training; the first 10 validation and 12
+  test families by name, to keep ``bench/suite.py`` within its time budget), plus Gaussian noise
+  (sigma 24 of 255).
+
+Usage (needs the fonts of ``scripts/letters.py`` for the letter sets)::
+
+    python scripts/make_proxy_data.py             # all data sets
+    python scripts/make_proxy_data.py --only digits-noisy
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import letters  # noqa: E402
+
+from diffcls_plugin import digits  # noqa: E402
+from diffcls_plugin.datasets import write_wds_classification  # noqa: E402
+
+OUT = REPO / "bench" / "proxies" / "data"
+SPLIT_SEED = {"val": 1, "test": 2}
+LETTER_FAMILIES = {"val": 10, "test": 12}
+
+
+def noise(image: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
+    arr = np.asarray(image.convert("L"), dtype=np.float64)
+    arr = arr + rng.normal(0.0, sigma, arr.shape)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def digits_noisy(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    image = image.convert("L").rotate(float(rng.uniform(-25, 25)), resample=Image.Resampling.BILINEAR)
+    image = image.filter(ImageFilter.GaussianBlur(1.2))
+    return noise(image, 70.0, rng)
+
+
+def build(pair: str, split: str) -> tuple[list, np.ndarray, list[str], list[str]]:
+    rng = np.random.default_rng([SPLIT_SEED[split], sum(map(ord, pair))])
+    if pair.startswith("digits"):
+        images, labels = digits.load_split(split)  # digits-clean: as they are
+        if pair == "digits-noisy":
+            images = [digits_noisy(im, rng) for im in images]
+        elif pair == "digits-grainy":
+            images = [noise(im, 80.0, rng) for im in images]
+        return images, labels, digits.CLASSNAMES, digits.TEMPLATES
+    images, labels = letters.load_split(split, max_families=LETTER_FAMILIES[split])
+    images = [noise(im, 24.0, rng) for im in images]
+    return images, labels, letters.CLASSNAMES, letters.TEMPLATES
+
+
+PAIRS = ("digits-clean", "digits-noisy", "digits-grainy", "letters-fonts")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=PAIRS, action="append")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    for pair in args.only or PAIRS:
+        root = args.out / pair
+        if root.exists():
+            shutil.rmtree(root)
+        for split in ("val", "test"):
+            images, labels, classnames, templates = build(pair, split)
+            write_wds_classification(root, images, labels, classnames, templates, split=split, n_shards=4)
+            print(f"{pair}/{split}: {len(images)} images, {len(classnames)} classes")
+
+
+if __name__ == "__main__":
+    main()

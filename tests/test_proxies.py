@@ -1,0 +1,72 @@
+"""The proxy suite's committed models and data sets (bench/proxies): sizes, layout, splits kept apart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from proxies import PAIRS  # noqa: E402
+
+
+def members(root: Path, split: str) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    n = int((root / split / "nshards.txt").read_text())
+    for s in range(n):
+        with tarfile.open(root / split / f"{s}.tar") as tar:
+            for m in tar.getmembers():
+                stem, ext = m.name.rsplit(".", 1)
+                out.setdefault(stem, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+def test_at_least_four_pairs_and_one_with_26_classes():
+    assert len(PAIRS) >= 4
+    n_classes = [len((p.root / "classnames.txt").read_text().split()) for p in PAIRS]
+    assert max(n_classes) >= 26
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
+def test_model_is_a_small_fp16_sd_layout_folder_trained_by_the_script(pair):
+    from safetensors import safe_open
+
+    folder = Path(pair.pretrained)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    weights = sorted(folder.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
+    assert sum(w.stat().st_size for w in weights) <= 6_000_000
+    for w in weights:
+        with safe_open(str(w), "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}, w
+    record = json.loads((folder / "TRAINING.json").read_text())
+    assert record["command"].startswith("python scripts/train_tiny_digits.py")
+    assert record["data"]["train_on"] == "train" and record["data"]["tune_on"] == "val"
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
+def test_validation_and_test_splits_are_apart_and_labelled(pair):
+    classnames = (pair.root / "classnames.txt").read_text().split()
+    hashes = {}
+    for split in ("val", "test"):
+        samples = members(pair.root, split)
+        labels = [int(s["cls"]) for s in samples.values()]
+        assert set(labels) == set(range(len(classnames)))  # every class present, none outside
+        hashes[split] = {hashlib.sha256(s["png"]).hexdigest() for s in samples.values()}
+        assert len(hashes[split]) == len(samples)  # no duplicate images within a split
+    assert not hashes["val"] & hashes["test"]
+
+
+def test_letter_font_families_never_cross_splits():
+    folder = next(Path(p.pretrained) for p in PAIRS if "letters" in p.name)
+    families = json.loads((folder / "TRAINING.json").read_text())["data"]["split"]["families"]
+    train, val, test = (set(families[s]) for s in ("train", "val", "test"))
+    assert train and val and test
+    assert not (train & val) and not (train & test) and not (val & test)

@@ -1,0 +1,141 @@
+"""The race and the paired t-test samplers on planted scorers.
+
+Each planted scorer gives class ``c`` the error ``base[c] + jitter * noise(c, t, n)``: with a large
+planted gap and small jitter the true class (the lowest ``base``) must never be eliminated; a
+close call (a small gap) must cost more evaluations than an easy one; and a confidence level that
+forbids elimination must reproduce the baseline exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.samplers import BaselineOptions, baseline, classify, li_timesteps
+from diffcls_plugin.samplers.race import RaceOptions, race, visit_order
+from diffcls_plugin.samplers.ttest import TTestOptions, draws, one_sided_p, ttest
+from test_samplers import Recorder
+
+
+def planted(n_classes: int, true: int, gap: float) -> list[float]:
+    return [0.0 if c == true else gap * (1 + 0.1 * c) for c in range(n_classes)]
+
+
+SAMPLERS = {
+    "race": lambda n, o=None: race(n, o or RaceOptions()),
+    "ttest": lambda n, o=None: ttest(n, o or TTestOptions(min_samples=4, max_samples=64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("seed", range(5))
+def test_never_eliminates_the_true_class_when_the_gap_is_large(name, seed):
+    for true in (0, 7, 25):
+        scorer = Recorder(planted(26, true, gap=1.0), jitter=0.05, seed=seed)
+        result = classify(SAMPLERS[name](26), scorer)
+        assert result.prediction == true
+        assert result.stop_reason == "beam"
+        # every class the sampler scored was scored at the true class's first slots too (paired)
+        first = scorer.pairs_of(true)[: 2]
+        for c in range(26):
+            assert scorer.pairs_of(c)[:2] == first
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_spends_more_on_close_calls_than_on_easy_ones(name):
+    easy, close = [], []
+    for seed in range(6):
+        easy.append(classify(SAMPLERS[name](10), Recorder(planted(10, 3, gap=1.0), jitter=0.2, seed=seed)).n_evals)
+        close.append(classify(SAMPLERS[name](10), Recorder(planted(10, 3, gap=0.04), jitter=0.2, seed=seed)).n_evals)
+    assert sum(close) > 1.5 * sum(easy), (easy, close)
+    assert max(easy) < min(close)
+
+
+def test_race_that_cannot_eliminate_equals_the_baseline():
+    for seed in range(4):
+        for n_noises in (1, 2):
+            scorer_a = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
+            scorer_b = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
+            a = classify(race(10, RaceOptions(alpha=0, n_noises=n_noises)), scorer_a)
+            b = classify(baseline(10, BaselineOptions(n_timesteps=32, n_trials=n_noises)), scorer_b)
+            assert a.ranking == b.ranking
+            assert a.scores == b.scores
+            assert a.n_evals == b.n_evals == 10 * 32 * n_noises
+            assert sorted(scorer_a.triples) == sorted(scorer_b.triples)
+
+
+def test_race_that_runs_to_the_end_decides_as_the_baseline_among_survivors():
+    # a near tie between classes 1 and 2: the race must visit the whole grid for them and then
+    # pick exactly the baseline's winner
+    base = [1.0, 0.0, 0.001, 1.0, 1.0]
+    for seed in range(5):
+        a = classify(race(5, RaceOptions(alpha=0.001)), Recorder(base, jitter=0.3, seed=seed))
+        b = classify(baseline(5, BaselineOptions()), Recorder(base, jitter=0.3, seed=seed))
+        assert a.prediction == b.prediction
+        assert a.n_evals < b.n_evals
+
+
+def test_ttest_that_cannot_eliminate_scores_every_class_every_round():
+    options = TTestOptions(p=0, min_samples=4, max_samples=12)
+    scorer = Recorder(planted(6, 2, gap=1.0), jitter=0.05)
+    result = classify(ttest(6, options), scorer)
+    assert result.n_evals == 6 * 12
+    assert result.prediction == 2
+    assert result.stop_reason == "schedule"
+
+
+def test_stratified_order_covers_the_grid_evenly():
+    order = visit_order(32, "stratified")
+    assert sorted(order) == list(range(32))
+    assert order[0] == 16  # the middle of the grid first (t = 511 of li_timesteps(1000, 32))
+    for k in (2, 4, 8, 16):
+        prefix = sorted(order[:k])
+        gaps = {b - a for a, b in zip(prefix, prefix[1:])}
+        assert gaps == {32 // k}, (k, prefix)
+    for n in (1, 5, 10, 33):
+        assert sorted(visit_order(n, "stratified")) == list(range(n))
+    assert li_timesteps(1000, 32)[16] == 511
+
+
+def test_ttest_draws_and_p_values():
+    rounds = draws(TTestOptions(max_samples=3000, seed=3), 1000)
+    assert len(rounds) == 3000 and all(0 <= t < 1000 for t, _ in rounds)
+    assert len(set(rounds)) == 3000  # a repeated timestep gets a fresh noise
+    assert rounds == draws(TTestOptions(max_samples=3000, seed=3), 1000)
+    assert one_sided_p([1.0, 1.1, 0.9, 1.05]) < 1e-3
+    assert one_sided_p([-1.0, -1.1, -0.9, -1.05]) > 0.999
+    assert one_sided_p([0.5, -0.5, 0.4, -0.4]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        (RaceOptions(alpha=0.7), "race.alpha"),
+        (RaceOptions(min_slots=1), "race.min_slots"),
+        (RaceOptions(order="random"), "race.order"),
+        (TTestOptions(p=-1), "ttest.p"),
+        (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
+        (TTestOptions(weight_rate=float("nan")), "ttest.weight_rate"),
+    ],
+)
+def test_bad_options_name_the_key(options, key):
+    with pytest.raises(DiffclsError, match=key.replace(".", r"\.")):
+        options.validate(1000)
+
+
+def test_race_capped_without_elimination_is_the_baseline_on_an_evenly_spaced_sub_grid():
+    grid = li_timesteps(1000, 32)
+    for k in (1, 2, 8):
+        scorer = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=k)
+        result = classify(race(10, RaceOptions(alpha=0, max_slots=k)), scorer)
+        visited = sorted({t for _, t, _ in scorer.triples})
+        assert visited == [grid[i] for i in sorted(visit_order(32, "stratified")[:k])]
+        assert result.n_evals == 10 * k and result.stop_reason == "budget"
+        means = [sum(scorer.base[c] + 0.5 * noisy_of(scorer, c, t) for t in visited) / k for c in range(10)]
+        assert result.prediction == min(range(10), key=lambda c: (means[c], c))
+
+
+def noisy_of(scorer, c, t):
+    from test_samplers import noisy
+
+    return noisy(c, t, 0, scorer.seed)
