@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: the embedded model, its splits, cached scoring."""
+"""Shared pieces of the benchmark scripts: the embedded model, its splits, the environment record."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from diffcls_plugin.config import load_config
 from diffcls_plugin.digits import CLASSNAMES, TEMPLATES, load_split
 from diffcls_plugin.model import DiffusionClassifier, load_classifier, package_versions
-from diffcls_plugin.samplers import SamplerResult, run_samplers
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -27,47 +26,6 @@ def tiny_digits(model_name: str = "diffusion-baseline", overrides: tuple[str, ..
 def split_pixels(model: DiffusionClassifier, split: str) -> tuple[torch.Tensor, list[int]]:
     images, labels = load_split(split)
     return torch.stack([model.transform(img) for img in images]), [int(y) for y in labels]
-
-
-class CachedScorer:
-    """Every (image, class, timestep, noise) error computed once, then shared by every sampler run.
-
-    Samplers still count their own distinct evaluations (``SamplerResult.n_evals``): the cache
-    only saves this benchmark from recomputing what another configuration already asked for.
-    """
-
-    def __init__(self, model: DiffusionClassifier, pixels: torch.Tensor) -> None:
-        self.inner = model.scorer(pixels)
-        self.cache: dict[tuple[int, int, int, int], float] = {}
-        self.computed = 0
-
-    def __call__(self, image_idx, class_idx, timesteps, noise_idx):
-        keys = list(zip(image_idx, class_idx, timesteps, noise_idx))
-        missing = [k for k in dict.fromkeys(keys) if k not in self.cache]
-        if missing:
-            errors = self.inner(*zip(*missing))
-            self.cache.update(zip(missing, errors))
-            self.computed += len(missing)
-        return [self.cache[k] for k in keys]
-
-
-def evaluate(model: DiffusionClassifier, sampler: str, options, scorer, labels) -> dict:
-    """Accuracy and mean evaluations of one sampler configuration over the scorer's images."""
-    from diffcls_plugin.samplers import SAMPLERS
-
-    spec = SAMPLERS.get(sampler)
-    options.validate(model.adapter.num_train_timesteps)
-    results: list[SamplerResult] = run_samplers(
-        [spec.fn(len(CLASSNAMES), options, model.adapter.num_train_timesteps) for _ in labels], scorer
-    )
-    correct = [r.prediction == y for r, y in zip(results, labels)]
-    return {
-        "sampler": sampler,
-        "options": options.to_dict(),
-        "top1": sum(correct) / len(correct),
-        "evals_per_image": sum(r.n_evals for r in results) / len(results),
-        "n_images": len(results),
-    }
 
 
 def environment() -> dict:

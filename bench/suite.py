@@ -83,10 +83,12 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     fixed = itertools.product((2.0, 4.0), (None, 2, 4), ("ascending", "descending", "center-out"))
     configs += [("hierarchical", HierarchicalOptions(beam="fixed", beam_factor=b, patience=p, direction=d)) for b, p, d in fixed]
     configs += [("hierarchical", preset("hierarchical", "paper"))]
-    race = itertools.product((0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001), (2, 3, 4, 6), ("stratified", "center-out", "ascending", "descending"))
+    race = itertools.product((0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001), (2, 3, 4), ("stratified", "center-out", "ascending", "descending"))
     configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o)) for a, m, o in race]
-    ttest = itertools.product((0.1, 0.02, 2e-3), (4, 8), (7.0, 0.0))
-    configs += [("ttest", TTestOptions(p=p, min_samples=m, weight_rate=w, max_samples=64)) for p, m, w in ttest]
+    # Clark & Jaini's own p = 2e-3 (20 to 2000 rounds, the `clark-jaini` preset) is left out: on
+    # these pairs its fresh random timesteps cost more than the whole 32-timestep grid per image
+    ttest = itertools.product((0.1, 0.05, 0.02), (4, 8), (7.0, 0.0))
+    configs += [("ttest", TTestOptions(p=p, min_samples=m, weight_rate=w, max_samples=32)) for p, m, w in ttest]
     if quick:
         configs = configs[:7] + configs[7:30:5] + [c for c in configs if c[0] == "hierarchical"][::7] + [c for c in configs[30:] if c[0] in ("race", "ttest")][::7]
     return configs

@@ -25,7 +25,11 @@ from diffcls_plugin.samplers.options import SamplerOptions
 
 @dataclass(frozen=True)
 class TTestOptions(SamplerOptions):
-    """Options of the paired t-test sampler (defaults: Clark & Jaini's published settings).
+    """Options of the paired t-test sampler.
+
+    The defaults were chosen by ``bench/suite.py`` on the proxy pairs' validation splits (no loss
+    against the 32-timestep baseline on any, fewest evaluations); Clark & Jaini's published
+    settings are the ``clark-jaini`` preset.
 
     Attributes:
         p: a class is dropped when the one-sided paired t-test that it is worse than the leader
@@ -40,10 +44,10 @@ class TTestOptions(SamplerOptions):
     section = "ttest"
     # Clark & Jaini 2023's published settings
     PRESETS = {"clark-jaini": {"p": 2e-3, "min_samples": 20, "max_samples": 2000, "weight_rate": 7.0, "seed": 0}}
-    p: float = 2e-3
-    min_samples: int = 20
-    max_samples: int = 2000
-    weight_rate: float = 7.0
+    p: float = 0.1
+    min_samples: int = 4
+    max_samples: int = 32
+    weight_rate: float = 0.0
     seed: int = 0
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
