@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, order_by_score
+from diffcls_plugin.samplers.base import Evaluations, Sampler, finish
 from diffcls_plugin.samplers.options import SamplerOptions
 
 
@@ -124,12 +124,11 @@ def ttest(n_classes: int, options: TTestOptions, num_train_timesteps: int = 1000
         t, n = rounds[n_seen]
         n_seen += 1
         yield from evals.ensure((c, t, n) for c in alive)
-    survivors = order_by_score(alive, evals) if len(alive) > 1 else alive
+    survivors = alive
     if len(alive) > 1:  # rank the survivors by weighted mean, as the test did
         weighted_mean = {
             c: math.fsum(w * evals.error(c, t, n) for (t, n), w in zip(rounds[:n_seen], weights)) for c in alive
         }
         survivors = sorted(alive, key=lambda c: (weighted_mean[c], c))
     result = finish(n_classes, survivors, pruned, evals, n_rounds=n_seen, stop_reason=stop_reason)
-    ranking = tuple(survivors) + result.ranking[len(survivors):]
-    return type(result)(ranking, result.scores, result.n_evals, result.n_rounds, result.stop_reason)
+    return replace(result, ranking=tuple(survivors) + result.ranking[len(survivors) :])
