@@ -28,14 +28,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import tarfile
 import time
-from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common import RESULTS, environment
