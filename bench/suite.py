@@ -438,8 +438,12 @@ def main() -> None:
         summary["seconds_per_image"][d["pair"]] = time_configs(d, named, args.time_images)
 
     keep = set(headline.values())
+    repo = Path(__file__).resolve().parents[1]
     for d in data:
         d.pop("_model")
+        for field in ("pretrained", "root"):  # recorded relative to the repository, never a machine path
+            path = Path(d[field])
+            d[field] = str(path.resolve().relative_to(repo)) if path.is_absolute() else d[field]
         for split in d["splits"].values():  # per-image correctness only for the headline rows
             for k, r in split["rows"].items():
                 if k not in keep:
