@@ -103,10 +103,8 @@ def key(sampler: str, options: SamplerOptions) -> str:
 
 
 # ----------------------------------------------------------------------------- data and scoring
-def read_split(root: Path, split: str) -> tuple[list, list[int], list[str], list[str]]:
-    """Images (PIL), labels, class names and templates of a committed webdataset split, key order."""
-    from PIL import Image
-
+def read_members(root: Path, split: str) -> dict[str, dict[str, bytes]]:
+    """A committed webdataset split as ``{key: {extension: bytes}}``, every shard read."""
     samples: dict[str, dict[str, bytes]] = {}
     n_shards = int((root / split / "nshards.txt").read_text())
     for s in range(n_shards):
@@ -114,6 +112,14 @@ def read_split(root: Path, split: str) -> tuple[list, list[int], list[str], list
             for member in tar.getmembers():
                 stem, ext = member.name.rsplit(".", 1)
                 samples.setdefault(stem, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def read_split(root: Path, split: str) -> tuple[list, list[int], list[str], list[str]]:
+    """Images (PIL), labels, class names and templates of a committed webdataset split, key order."""
+    from PIL import Image
+
+    samples = read_members(root, split)
     keys = sorted(samples)
     images = [Image.open(BytesIO(samples[k]["png"])).convert("RGB") for k in keys]
     labels = [int(samples[k]["cls"]) for k in keys]
@@ -167,7 +173,7 @@ def evaluate(sampler: str, options: SamplerOptions, table: ErrorTable, labels: l
     }
 
 
-def measure_pair(pair: Pair, configs, args) -> dict:
+def measure_pair(pair: Pair, configs) -> dict:
     cfg = load_config(None, ["unet_batch_size=512"])
     model = load_classifier("diffusion-baseline", pair.pretrained, config=cfg, seed=0, progress=False)
     out: dict = {"pair": pair.name, "pretrained": pair.pretrained, "what": pair.what, "splits": {}}
@@ -178,11 +184,11 @@ def measure_pair(pair: Pair, configs, args) -> dict:
         pixels = torch.stack([model.transform(im) for im in images])
         table = ErrorTable(model, pixels)
         start = time.perf_counter()
-        rows = [evaluate(s, o, table, labels, model.adapter.num_train_timesteps) for s, o in configs]
+        rows = {key(s, o): evaluate(s, o, table, labels, model.adapter.num_train_timesteps) for s, o in configs}
         out["splits"][split] = {
             "n_images": len(labels),
             "n_classes": len(classnames),
-            "rows": {key(r["sampler"], _options(r)): r for r in rows},
+            "rows": rows,
             "unet_evals_computed": table.computed,
             "unet_seconds": table.seconds,
             "seconds": time.perf_counter() - start,
@@ -191,6 +197,7 @@ def measure_pair(pair: Pair, configs, args) -> dict:
               f"{table.computed} UNet evaluations in {table.seconds:.0f} s, {len(rows)} configurations in {time.perf_counter() - start:.0f} s", flush=True)
     out["seconds_per_unet_eval"] = sum(s["unet_seconds"] for s in out["splits"].values()) / max(1, sum(s["unet_evals_computed"] for s in out["splits"].values()))
     out["_model"] = model
+    out["_test_pixels"] = pixels  # the test split's, for timing without the cache
     return out
 
 
@@ -207,8 +214,7 @@ def options_from(sampler: str, values: dict) -> SamplerOptions:
 def time_configs(pair_data: dict, named: dict[str, tuple[str, SamplerOptions]], n_images: int) -> dict[str, float]:
     """Seconds per image without the cache (VAE, noise, UNet, sampler), first ``n_images`` test images."""
     model = pair_data["_model"]
-    images, _, _, _ = read_split(Path(pair_data["root"]), "test")
-    pixels = torch.stack([model.transform(im) for im in images[:n_images]])
+    pixels = pair_data["_test_pixels"][:n_images]
     out = {}
     for name, (sampler, options) in named.items():
         model.sampler = SAMPLERS.get(sampler)
@@ -389,7 +395,7 @@ def main() -> None:
     print(f"{len(configs)} configurations x {len(pairs)} pairs", flush=True)
     data = []
     for pair in pairs:
-        d = measure_pair(pair, configs, args)
+        d = measure_pair(pair, configs)
         d["root"] = str(pair.root)
         data.append(d)
 
@@ -441,6 +447,7 @@ def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     for d in data:
         d.pop("_model")
+        d.pop("_test_pixels")
         for field in ("pretrained", "root"):  # recorded relative to the repository, never a machine path
             path = Path(d[field])
             d[field] = str(path.resolve().relative_to(repo)) if path.is_absolute() else d[field]

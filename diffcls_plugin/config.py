@@ -13,7 +13,8 @@ validated, whichever sampler runs::
     compile: false
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
-    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 3, patience: null, direction: center-out}
+    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, patience: null, direction: center-out}
+    race: {alpha: 0.2, min_slots: 4}
 
 A section may start from a named preset of its sampler (``PRESETS`` of its options class); its
 other keys override the preset's values: ``hierarchical: {preset: paper, beam_factor: 3}``.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 from proxies import PAIRS  # noqa: E402
-
-
-def members(root: Path, split: str) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    n = int((root / split / "nshards.txt").read_text())
-    for s in range(n):
-        with tarfile.open(root / split / f"{s}.tar") as tar:
-            for m in tar.getmembers():
-                stem, ext = m.name.rsplit(".", 1)
-                out.setdefault(stem, {})[ext] = tar.extractfile(m).read()
-    return out
+from suite import read_members  # noqa: E402
 
 
 def test_at_least_four_pairs_and_one_with_26_classes():
@@ -56,7 +45,7 @@ def test_validation_and_test_splits_are_apart_and_labelled(pair):
     classnames = (pair.root / "classnames.txt").read_text().split()
     hashes = {}
     for split in ("val", "test"):
-        samples = members(pair.root, split)
+        samples = read_members(pair.root, split)
         labels = [int(s["cls"]) for s in samples.values()]
         assert set(labels) == set(range(len(classnames)))  # every class present, none outside
         hashes[split] = {hashlib.sha256(s["png"]).hexdigest() for s in samples.values()}

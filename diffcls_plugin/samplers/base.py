@@ -150,6 +150,17 @@ def finish(
     return SamplerResult(tuple(ranking), scores, evals.n_evals, n_rounds, stop_reason)
 
 
+def paired_moments(diffs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample variance (``n - 1`` denominator) of paired differences, exactly summed.
+
+    Args:
+        diffs: (n,) per-slot differences between two classes' errors, n >= 2.
+    """
+    n = len(diffs)
+    mean = math.fsum(diffs) / n
+    return mean, math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
+
+
 def li_timesteps(num_train_timesteps: int, n: int) -> list[int]:
     """Li et al.'s evenly spaced grid of ``n`` timesteps over ``[0, num_train_timesteps)``.
 

@@ -1,9 +1,9 @@
 """A race: classes are eliminated by paired confidence bounds on the full-grid mean error.
 
 The 32-timestep baseline predicts ``argmin_c mean_{t in grid} e_c(t)``: a mean over a *finite,
-known* population of (timestep, noise) slots. The race visits that population slot by slot in a
-stratified order (every prefix is spread evenly over the noise levels) and scores every class
-still in the race at each slot, so all survivors share the same slots (Li et al.'s paired
+known* population of (timestep, noise) slots. The race visits that population slot by slot (by
+default from the middle of the grid outwards; ``order: stratified`` spreads every prefix evenly
+over the noise levels) and scores every class still in the race at each slot, so all survivors share the same slots (Li et al.'s paired
 comparison). After each slot it estimates, for every survivor ``c``, the full-population mean of
 its paired difference to the current leader ``L``,
 ``d_c = mean_slots (e_c - e_L)``, with a finite-population standard error
@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, li_timesteps, order_by_score
+from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, li_timesteps, order_by_score, paired_moments
 from diffcls_plugin.samplers.options import SamplerOptions
 
 ORDERS = ("stratified", "ascending", "descending", "center-out")
@@ -121,8 +121,7 @@ def t_quantile(p: float, dof: int) -> float:
 def paired_bound(diffs: list[float], n_total: int) -> tuple[float, float]:
     """Mean of paired differences and its finite-population standard error (``n_total`` slots)."""
     n = len(diffs)
-    mean = math.fsum(diffs) / n
-    var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
+    mean, var = paired_moments(diffs)
     fpc = max(0.0, (n_total - n) / n_total)
     return mean, math.sqrt(var / n * fpc)
 

@@ -19,7 +19,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 
-from diffcls_plugin.samplers.base import Evaluations, Sampler, finish
+from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, paired_moments
 from diffcls_plugin.samplers.options import SamplerOptions
 
 
@@ -79,8 +79,7 @@ def one_sided_p(diffs: list[float]) -> float:
     from scipy.special import stdtr
 
     n = len(diffs)
-    mean = math.fsum(diffs) / n
-    var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)
+    mean, var = paired_moments(diffs)
     if var == 0:
         return 0.0 if mean > 0 else 1.0
     return float(stdtr(n - 1, -mean / math.sqrt(var / n)))
@@ -124,11 +123,6 @@ def ttest(n_classes: int, options: TTestOptions, num_train_timesteps: int = 1000
         t, n = rounds[n_seen]
         n_seen += 1
         yield from evals.ensure((c, t, n) for c in alive)
-    survivors = alive
-    if len(alive) > 1:  # rank the survivors by weighted mean, as the test did
-        weighted_mean = {
-            c: math.fsum(w * evals.error(c, t, n) for (t, n), w in zip(rounds[:n_seen], weights)) for c in alive
-        }
-        survivors = sorted(alive, key=lambda c: (weighted_mean[c], c))
-    result = finish(n_classes, survivors, pruned, evals, n_rounds=n_seen, stop_reason=stop_reason)
-    return replace(result, ranking=tuple(survivors) + result.ranking[len(survivors) :])
+    # the survivors are in the order of the last test: weighted mean, best first
+    result = finish(n_classes, alive, pruned, evals, n_rounds=n_seen, stop_reason=stop_reason)
+    return replace(result, ranking=tuple(alive) + result.ranking[len(alive) :])
