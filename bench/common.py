@@ -18,7 +18,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def tiny_digits(model_name: str = "diffusion-baseline", overrides: tuple[str, ...] = (), seed: int = 0) -> DiffusionClassifier:
     """The embedded model, prepared with the digits' classes (first template, as the demo)."""
-    model = load_classifier(model_name, "tiny-digits", config=load_config(None, ["unet_batch_size=256", *overrides]), seed=seed, progress=False)
+    model = load_classifier(model_name, "tiny-digits", config=load_config(None, ["unet_batch_size=256", "resume=false", *overrides]), seed=seed, progress=False)
     model.prepare(CLASSNAMES, TEMPLATES)
     return model
 

@@ -28,13 +28,11 @@ CLIP models keep the harness's template ensemble, as the CLIP protocol does.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -133,19 +131,9 @@ def _int(data: dict, key: str, default: int, source: str, minimum: int) -> int:
     return value
 
 
-@lru_cache(maxsize=1)
-def harness_datasets() -> tuple[set[str], tuple[str, ...]]:
-    """Names the harness's ``build_dataset`` knows, read from its source, and the accepted prefixes."""
-    from clip_benchmark.datasets import builder
-
-    source = inspect.getsource(builder.build_dataset)
-    names = set(re.findall(r'dataset_name == "([^"]+)"', source))
-    for group in re.findall(r"dataset_name in \(([^)]*)\)", source):
-        names.update(re.findall(r'"([^"]+)"', group))
-    return names, ("wds/", "tfds/", "vtab/")
-
-
 def _check_dataset_name(name: str, source: str, where: str) -> None:
+    from diffcls_plugin.harness import harness_datasets
+
     names, prefixes = harness_datasets()
     if name in names or (name.startswith(prefixes) and len(name.split("/", 1)[1]) > 0):
         return
@@ -157,9 +145,9 @@ def _check_dataset_name(name: str, source: str, where: str) -> None:
 
 
 def _check_clip_model(name: str, pretrained: str, source: str, where: str) -> None:
-    import open_clip
+    from diffcls_plugin.harness import open_clip_pretrained
 
-    pairs = open_clip.list_pretrained()
+    pairs = open_clip_pretrained()
     archs = {a for a, _ in pairs}
     if name not in archs:
         valid = sorted(archs | set(MODELS.names()))
@@ -312,46 +300,75 @@ def _dataset_root(dataset: DatasetSpec) -> str:
     return "root"
 
 
+def _argv(config: BenchmarkConfig, run: Run, out_dir: Path) -> list[str]:
+    """The ``clip_benchmark eval`` command line of one cell (writes its template file, if any)."""
+    argv = [
+        "clip_benchmark", "eval", "--model", run.model.name, "--pretrained", run.model.pretrained,
+        "--dataset", run.dataset.name, "--dataset_root", _dataset_root(run.dataset), "--split", run.dataset.split,
+        "--seed", str(config.seed), "--batch_size", str(config.batch_size), "--num_workers", str(config.num_workers),
+        "--output", str(run.output), "--quiet",
+    ]
+    templates = run.dataset.templates if run.model.is_diffusion else None  # CLIP keeps the harness's ensemble
+    if templates:
+        template_file = out_dir / f".templates-{_slug(run.dataset.name)}.json"
+        short = run.dataset.name.split("/", 1)[1] if run.dataset.name.startswith(("wds/", "tfds/", "vtab/")) else run.dataset.name
+        template_file.write_text(json.dumps({run.dataset.name: list(templates), short: list(templates)}))
+        argv += ["--custom_template_file", str(template_file)]
+    return argv
+
+
 def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -> list[Path]:
     """Run every cell of the matrix through the harness; skip cells whose result has the same hash.
 
+    Every cell to run is validated first (model and checkpoint names, checkpoints resolvable
+    offline, dataset names and roots, classes and labels): any invalid cell stops the matrix
+    before the first computes, naming every bad cell. A cell that fails while running does not
+    stop the others; the failures are summarised at the end.
+
     Returns:
         the result files, one per (model, dataset), in matrix order.
+
+    Raises:
+        DiffclsError: invalid cells (before any compute), or cells that failed (after the others ran).
     """
-    from diffcls_plugin.cli import run_harness
-    from diffcls_plugin.harness import add_result_block, last_dataset
+    from diffcls_plugin.harness import run_harness, validate_cell
 
     runs = plan(config)
     out_dir = output_root(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    todo = []
     for i, run in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {run.model.label} on {run.dataset.name}"
         if not force and run.output.is_file() and _existing_hash(run.output) == run.config_hash:
             echo(f"{head}: skipped, {run.output} has the same config ({run.config_hash})")
             continue
+        todo.append((head, run, _argv(config, run, out_dir)))
+    invalid = []
+    for head, run, argv in todo:
+        try:
+            validate_cell(argv, run.diffcls or DiffclsConfig())
+        except DiffclsError as err:
+            invalid.append(f"{head}: {err}")
+    if invalid:
+        raise DiffclsError(f"{len(invalid)} of {len(todo)} cells cannot run; nothing was computed:\n  " + "\n  ".join(invalid))
+    failed = []
+    for head, run, argv in todo:
         echo(f"{head}: running -> {run.output}")
-        argv = [
-            "clip_benchmark", "eval", "--model", run.model.name, "--pretrained", run.model.pretrained,
-            "--dataset", run.dataset.name, "--dataset_root", _dataset_root(run.dataset), "--split", run.dataset.split,
-            "--seed", str(config.seed), "--batch_size", str(config.batch_size), "--num_workers", str(config.num_workers),
-            "--output", str(run.output), "--quiet",
-        ]
-        templates = run.dataset.templates if run.model.is_diffusion else None  # CLIP keeps the harness's ensemble
-        if templates:
-            template_file = out_dir / f".templates-{_slug(run.dataset.name)}.json"
-            short = run.dataset.name.split("/", 1)[1] if run.dataset.name.startswith(("wds/", "tfds/", "vtab/")) else run.dataset.name
-            template_file.write_text(json.dumps({run.dataset.name: list(templates), short: list(templates)}))
-            argv += ["--custom_template_file", str(template_file)]
         if run.output.exists():
             run.output.unlink()  # a stale result must not survive a failed rerun
-        run_harness(argv, run.diffcls or DiffclsConfig(), config.subset)
-        if not run.output.is_file():
-            raise RuntimeError(f"the harness wrote no result for {head}")
         block = {"label": run.model.label, "config_hash": run.config_hash, "benchmark": config.name}
-        block.update({k: last_dataset[k] for k in ("n_images", "subset") if k in last_dataset})
-        if templates:
-            block["templates"] = list(templates)
-        add_result_block(str(run.output), block)
-    echo(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; results in {out_dir}")
+        if run.dataset.templates and run.model.is_diffusion:
+            block["templates"] = list(run.dataset.templates)
+        try:  # the harness writes the result once, with this block in it
+            records = run_harness(argv, run.diffcls or DiffclsConfig(), config.subset, extra=block)
+            if not run.output.is_file() or not records:
+                raise DiffclsError("the harness wrote no result")
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - one failing cell must not stop the others
+            message = str(err.code if isinstance(err, SystemExit) else err).removeprefix("diffcls: error: ")
+            echo(f"{head}: FAILED: {message}")
+            failed.append(f"{head}: {message}")
+    echo(f"{len(todo)} runs in {time.perf_counter() - start:.0f} s; results in {out_dir}")
+    if failed:
+        raise DiffclsError(f"{len(failed)} of {len(todo)} cells failed (the others ran):\n  " + "\n  ".join(failed))
     return [run.output for run in runs]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -74,6 +73,8 @@ def eval_command(models, pretrained, datasets, dataset_root, config_path, overri
         "--output", output,
         *harness_args,
     ]
+    from diffcls_plugin.harness import run_harness
+
     run_harness(argv, config, subset)
 
 
@@ -131,7 +132,7 @@ def check_command(results, reference, update) -> None:
         raise click.ClickException(str(err)) from None
     for c in checks:
         click.echo(c.line())
-    failed = [c for c in checks if c.status in ("regression", "missing")]
+    failed = [c for c in checks if c.status in ("regression", "missing", "mismatch")]
     click.echo(f"{len(checks)} checks, {len(failed)} failed")
     if failed:
         raise SystemExit(1)
@@ -188,22 +189,6 @@ def demo_command(out_dir) -> None:
     click.echo(f"diffcls demo: {config.description}\nresults go to {out_dir}/", err=True)
     files = run_benchmark(config, force=True, echo=lambda text: click.echo(text, err=True))
     click.echo(render(build_table(read_results(files)), "markdown", recall=True))
-
-
-def run_harness(argv: list[str], config, subset=None) -> None:
-    """Run ``clip_benchmark.cli.main`` in this process with ``argv``, the config and an optional subset."""
-    from diffcls_plugin.harness import register, use_config, use_subset
-
-    register()
-    from clip_benchmark import cli as harness_cli
-
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        with use_config(config), use_subset(subset):
-            harness_cli.main()
-    finally:
-        sys.argv = saved
 
 
 if __name__ == "__main__":

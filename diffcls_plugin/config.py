@@ -11,9 +11,11 @@ validated, whichever sampler runs::
     unet_batch_size: 32
     allow_pickle: false
     compile: false
+    resume: true             # reuse finished images from $DIFFCLS_CACHE/outcomes.sqlite
+    on_corrupt: skip         # a corrupt image in a webdataset shard: skip (named, counted) | stop
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
-    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, patience: null, direction: center-out}
+    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, min_beam: 2, patience: null, direction: center-out}
     race: {alpha: 0.2, min_slots: 4}
 
 A section may start from a named preset of its sampler (``PRESETS`` of its options class); its
@@ -40,6 +42,7 @@ CONFIG_ENV = "DIFFCLS_CONFIG"
 LOSSES = ("l2", "l1", "huber")
 PROMPT_POLICIES = ("first", "ensemble", "all")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+ON_CORRUPT = ("skip", "stop")
 
 
 class SamplerSections(Mapping[str, SamplerOptions]):
@@ -101,6 +104,12 @@ class DiffclsConfig:
         unet_batch_size: UNet inputs per forward pass.
         allow_pickle: allow loading ``.bin``/``.ckpt`` pickle weights when no safetensors exist.
         compile: ``torch.compile`` the UNet (opt-in; pays off on long GPU runs).
+        resume: commit each image's outcome to the store of :mod:`diffcls_plugin.store` as it
+            finishes and reuse finished images when the same run is repeated (e.g. after an
+            interruption); ``false`` neither reads nor writes it (so does ``DIFFCLS_RESUME=0``).
+        on_corrupt: what a corrupt image in a local webdataset does: ``skip`` (named with its
+            shard and key on stderr, counted in the result as ``n_images_skipped``) or ``stop``
+            (the run stops with an error naming it).
         samplers: every registered sampler's options by sampler name (``baseline``,
             ``adaptive``, ``hierarchical`` ...); samplers not given get their defaults.
     """
@@ -112,6 +121,8 @@ class DiffclsConfig:
     unet_batch_size: int = 32
     allow_pickle: bool = False
     compile: bool = False
+    resume: bool = True
+    on_corrupt: str = "skip"
     samplers: SamplerSections = field(default_factory=lambda: _sections({}))
 
     def __init__(
@@ -123,6 +134,8 @@ class DiffclsConfig:
         unet_batch_size: int = 32,
         allow_pickle: bool = False,
         compile: bool = False,
+        resume: bool = True,
+        on_corrupt: str = "skip",
         samplers: Mapping[str, SamplerOptions] | None = None,
         **sections: SamplerOptions,
     ) -> None:
@@ -146,6 +159,8 @@ class DiffclsConfig:
             unet_batch_size=unet_batch_size,
             allow_pickle=allow_pickle,
             compile=compile,
+            resume=resume,
+            on_corrupt=on_corrupt,
             samplers=_sections({**(samplers or {}), **sections}),
         )
         for key, value in values.items():
@@ -159,7 +174,7 @@ class DiffclsConfig:
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         """Raise :class:`DiffclsError` naming the first bad option."""
-        for key, choices in (("loss", LOSSES), ("prompts", PROMPT_POLICIES), ("dtype", DTYPES)):
+        for key, choices in (("loss", LOSSES), ("prompts", PROMPT_POLICIES), ("dtype", DTYPES), ("on_corrupt", ON_CORRUPT)):
             value = getattr(self, key)
             if value not in choices:
                 hint = closest(str(value), choices)
@@ -169,9 +184,10 @@ class DiffclsConfig:
             isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8
         ):
             raise DiffclsError(f"image_size must be null or an integer >= 8, got {self.image_size!r}")
+
         if isinstance(self.unet_batch_size, bool) or not isinstance(self.unet_batch_size, int) or self.unet_batch_size < 1:
             raise DiffclsError(f"unet_batch_size must be a positive integer, got {self.unet_batch_size!r}")
-        for key in ("allow_pickle", "compile"):
+        for key in ("allow_pickle", "compile", "resume"):
             if not isinstance(getattr(self, key), bool):
                 raise DiffclsError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for name in SAMPLERS:

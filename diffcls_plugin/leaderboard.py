@@ -58,11 +58,12 @@ class Result:
 
 
 def read_results(paths: Iterable[str | os.PathLike]) -> list[Result]:
-    """Read result files; a folder means every ``*.json`` file directly inside it."""
+    """Read result files; a folder means every ``*.json`` file directly inside it, except hidden
+    ones (``.templates-<dataset>.json`` that ``diffcls run`` writes, temporary files)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(p.glob("*.json")))
+            files.extend(sorted(f for f in p.glob("*.json") if not f.name.startswith(".")))
         elif p.is_file():
             files.append(p)
         else:

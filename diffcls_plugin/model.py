@@ -18,7 +18,6 @@ takes the harness's classnames and templates (list templates or CuPL-style per-c
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
 import time
 from collections.abc import Sequence
@@ -28,10 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffcls_plugin import distributed
 from diffcls_plugin.config import DiffclsConfig, config_from_env
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.registry import RegistryView
 from diffcls_plugin.samplers import SAMPLERS, SAMPLERS_BY_MODEL, SamplerResult, SamplerSpec, run_samplers
+from diffcls_plugin.scoring import ImageBatchScorer, image_seed, make_noise, noise_seed  # noqa: F401 - re-exported
+from diffcls_plugin.store import Outcome, OutcomeStore, checkpoint_fingerprint, code_fingerprint, image_key, resume_enabled, run_key
 from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -101,29 +103,6 @@ class PromptTokenizer:
         return [self._texts[i] for i in ids.reshape(-1).tolist()]
 
 
-def image_seed(run_seed: int, pixels: torch.Tensor) -> int:
-    """A 63-bit seed from the run seed and the image's content (quantised to 8 bits).
-
-    Content, not loader position, so an image gets the same noise whatever the batch size, the
-    number of loader workers, or the subset it is evaluated in.
-    """
-    quantised = ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    digest = hashlib.blake2b(f"{run_seed}:".encode(), digest_size=8)
-    digest.update(quantised.numpy().tobytes())
-    return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
-
-
-def noise_seed(seed: int, timestep: int, noise_idx: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{timestep}:{noise_idx}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def make_noise(seed: int, timestep: int, noise_idx: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The image's fixed noise for ``(timestep, noise_idx)``: fp32, drawn on the CPU (device-independent)."""
-    generator = torch.Generator().manual_seed(noise_seed(seed, timestep, noise_idx))
-    return torch.randn(shape, generator=generator)
-
-
 class DiffusionClassifier(nn.Module):
     """A Stable Diffusion zero-shot classifier with a CLIP-like interface.
 
@@ -135,6 +114,9 @@ class DiffusionClassifier(nn.Module):
         checkpoint: where the weights came from (recorded in results).
         model_name: the harness model name (recorded in results).
         progress: show a progress bar with images done and UNet evaluations per second.
+        store: where finished images are committed and looked up (see :mod:`diffcls_plugin.store`);
+            ``None`` opens ``$DIFFCLS_CACHE/outcomes.sqlite`` when the config's ``resume`` is on
+            (and ``$DIFFCLS_RESUME`` is not 0), ``False`` uses no store.
     """
 
     def __init__(
@@ -147,6 +129,7 @@ class DiffusionClassifier(nn.Module):
         checkpoint: Checkpoint | None = None,
         model_name: str | None = None,
         progress: bool = True,
+        store: OutcomeStore | bool | None = None,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -169,6 +152,9 @@ class DiffusionClassifier(nn.Module):
         self._class_rows: list[list[int]] = []  # class -> rows of _prompt_embeds it is scored with
         self._next_text_class = 0
         self._bar = None
+        self._store_arg = store
+        self.store: OutcomeStore | None = None
+        self.run_key: str | None = None
         self.reset_stats()
 
     # ----------------------------------------------------------------- classes and prompts
@@ -217,7 +203,38 @@ class DiffusionClassifier(nn.Module):
         self._prompt_embeds = embeds
         self._class_rows = rows
         self._next_text_class = 0
+        self._open_store()
         self.reset_stats(n_images)
+
+    def run_description(self) -> dict[str, Any]:
+        """Everything that determines an image's outcome besides the image (the store's run key)."""
+        return {
+            "format": 1,
+            "code": code_fingerprint(),
+            "versions": {k: v for k, v in package_versions().items() if k in ("diffcls-plugin", "torch", "diffusers", "transformers")},
+            "checkpoint": checkpoint_fingerprint(self.checkpoint),
+            "prediction_type": self.adapter.prediction_type,
+            "num_train_timesteps": self.adapter.num_train_timesteps,
+            "dtype": str(self.adapter.dtype).replace("torch.", ""),
+            "device_type": torch.device(self.adapter.device).type,
+            "image_size": self.image_size,
+            "sampler": self.sampler.name,
+            "options": self.options.to_dict(),
+            "loss": self.config.loss,
+            "prompt_policy": self.config.prompts,
+            "prompts": self.prompts,
+            "seed": self.seed,
+        }
+
+    def _open_store(self) -> None:
+        if self._store_arg is False or (self._store_arg is None and not resume_enabled(self.config.resume)):
+            self.store, self.run_key = None, None
+            return
+        if self.store is None:
+            self.store = self._store_arg if isinstance(self._store_arg, OutcomeStore) else OutcomeStore()
+        description = self.run_description()
+        self.run_key = run_key(description)
+        self.store.register_run(self.run_key, description)
 
     @property
     def n_classes(self) -> int:
@@ -281,34 +298,84 @@ class DiffusionClassifier(nn.Module):
             )
         seeds = [image_seed(self.seed, image) for image in images]
         latents = self.adapter.encode_images(images)  # (B, C, h, w) fp32, once per image
-        return ImageBatchScorer(self, latents, seeds)
+        return ImageBatchScorer(
+            self.adapter, latents, seeds, self._prompt_embeds, self._class_rows, self.config.loss, self.unet_batch_size
+        )
 
     def classify(self, images: torch.Tensor) -> list[SamplerResult]:
-        """Run the sampler on each image of a batch, all images' rounds batched together."""
+        """Run the sampler on each image of a batch, all images' rounds batched together.
+
+        Images already in the store (same run, same pixels) are not recomputed; every other
+        image is committed to it the moment its sampler finishes. Under ``torchrun`` the batch's
+        images are split over the ranks and every rank returns every image's result (see
+        :mod:`diffcls_plugin.distributed`).
+        """
         start = time.perf_counter()
-        evals_before = self.n_unet_evals
-        scorer = self.scorer(images)
-        samplers = [
-            self.sampler.fn(self.n_classes, self.options, self.adapter.num_train_timesteps) for _ in range(len(images))
-        ]
-        results = run_samplers(samplers, scorer)
-        elapsed = time.perf_counter() - start
-        self.n_images += len(results)
+        rank, world_size = distributed.world()
+        if world_size == 1:
+            results, outcomes, n_computed, evals_computed = self._classify_here(images)
+            shares = [len(images)]
+        else:
+            mine = distributed.my_share(len(images), rank, world_size)
+            local = self._classify_here(images[mine]) if mine else ([], [], 0, 0)
+            digest = hashlib.sha256(images.detach().float().cpu().numpy().tobytes()).hexdigest()
+            parts = distributed.gather((digest, mine, *local))
+            if len({part[0] for part in parts}) > 1:
+                raise DiffclsError(
+                    "the torchrun ranks loaded different batches, so their images cannot be shared out; "
+                    "give every rank the same data and loader settings (and do not pass the harness's --distributed)"
+                )
+            results, outcomes = [None] * len(images), [None] * len(images)
+            for _, positions, part_results, part_outcomes, _, _ in parts:
+                for b, result, outcome in zip(positions, part_results, part_outcomes):
+                    results[b], outcomes[b] = result, outcome
+            n_computed = sum(part[4] for part in parts)
+            evals_computed = sum(part[5] for part in parts)
+            shares = [len(part[1]) for part in parts]
+        # the cost of the results, as originally spent (stored images included) ...
+        self.n_images += len(images)
+        self.n_unet_evals += sum(o.n_unet_evals for o in outcomes)
         self.n_sampler_evals += sum(r.n_evals for r in results)
-        self.seconds += elapsed
+        self.seconds += sum(o.seconds for o in outcomes)
         for r in results:
             self.stop_reasons[r.stop_reason] = self.stop_reasons.get(r.stop_reason, 0) + 1
-        self._update_progress(len(results), self.n_unet_evals - evals_before, elapsed)
-        return results
+        # ... and what was computed this time (by every rank)
+        self.n_images_computed += n_computed
+        self.n_unet_evals_computed += evals_computed
+        self.seconds_computed += time.perf_counter() - start
+        self.images_per_rank = [a + b for a, b in zip(self.images_per_rank, shares)] if len(self.images_per_rank) == len(shares) else shares
+        self._update_progress(len(images))
+        return results  # type: ignore[return-value]
 
-    def halve_batch_size(self) -> None:
-        """After an out-of-memory error: retry at half the UNet batch size, and keep that size."""
-        if self.unet_batch_size == 1:
-            raise torch.OutOfMemoryError("out of memory with a UNet batch of 1; use a smaller image_size or dtype")
-        self.unet_batch_size //= 2
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        logger.warning("diffcls: out of memory; UNet batch size halved to %d for the rest of the run", self.unet_batch_size)
+    def _classify_here(self, images: torch.Tensor) -> tuple[list[SamplerResult], list[Outcome], int, int]:
+        """This process's images: (results, outcomes, images computed, UNet evaluations computed)."""
+        n_classes = self.n_classes
+        keys = [image_key(image) for image in images] if self.store is not None else None
+        stored = self.store.get_many(self.run_key, keys) if keys is not None else {}
+        results: list[SamplerResult | None] = [None] * len(images)
+        outcomes: list[Outcome | None] = [None] * len(images)
+        for b, key in enumerate(keys or []):
+            if key in stored:
+                outcomes[b] = stored[key]
+                results[b] = stored[key].result
+        todo = [b for b in range(len(images)) if results[b] is None]
+        if not todo:
+            return results, outcomes, 0, 0  # type: ignore[return-value]
+        encode_start = time.perf_counter()
+        scorer = self.scorer(images[todo] if len(todo) < len(images) else images)
+        encode_share = (time.perf_counter() - encode_start) / len(todo)
+
+        def finished(i: int, result: SamplerResult, seconds: float) -> None:
+            b = todo[i]
+            outcome = Outcome(result, scorer.unet_evals[i], seconds + encode_share)
+            results[b], outcomes[b] = result, outcome
+            if self.store is not None:
+                self.store.put(self.run_key, keys[b], outcome)
+
+        samplers = [self.sampler.fn(n_classes, self.options, self.adapter.num_train_timesteps) for _ in todo]
+        run_samplers(samplers, scorer, on_finish=finished)
+        self.unet_batch_size = scorer.batch_size  # halved for the rest of the run after an out-of-memory error
+        return results, outcomes, len(todo), sum(scorer.unet_evals)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ bookkeeping
     def reset_stats(self, n_images: int | None = None) -> None:
@@ -316,24 +383,31 @@ class DiffusionClassifier(nn.Module):
         self.n_unet_evals = 0
         self.n_sampler_evals = 0
         self.seconds = 0.0
+        self.n_images_computed = 0
+        self.n_unet_evals_computed = 0
+        self.seconds_computed = 0.0
+        self.images_per_rank: list[int] = []
         self.stop_reasons: dict[str, int] = {}
         self._expected_images = n_images
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
-    def _update_progress(self, n_images: int, n_evals: int, elapsed: float) -> None:
-        if not self.progress:
+    def _update_progress(self, n_images: int) -> None:
+        if not self.progress or distributed.world()[0] != 0:
             return
         if self._bar is None:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self._expected_images, desc=f"{self.model_name}", unit="img", leave=True)
         self._bar.update(n_images)
-        self._bar.set_postfix(
-            unet_evals_per_s=f"{self.n_unet_evals / max(self.seconds, 1e-9):.1f}",
-            evals_per_img=f"{self.n_unet_evals / max(self.n_images, 1):.1f}",
-        )
+        postfix = {
+            "unet_evals_per_s": f"{self.n_unet_evals_computed / max(self.seconds_computed, 1e-9):.1f}",
+            "evals_per_img": f"{self.n_unet_evals / max(self.n_images, 1):.1f}",
+        }
+        if self.store is not None:
+            postfix["from_store"] = self.n_images - self.n_images_computed
+        self._bar.set_postfix(postfix)
 
     def close_progress(self) -> None:
         if self._bar is not None:
@@ -366,71 +440,21 @@ class DiffusionClassifier(nn.Module):
             "n_images": self.n_images,
             "n_classes": len(self.classnames or []),
             "prompts_per_class": [len(p) for p in self.prompts],
+            # the cost of the result, as each image's outcome was originally computed
             "unet_evals_per_image": self.n_unet_evals / n,
             "sampler_evals_per_image": self.n_sampler_evals / n,
             "seconds_per_image": self.seconds / n,
             "stop_reasons": dict(sorted(self.stop_reasons.items())),
+            # what this process computed (the rest came from the resume store)
+            "computed": {
+                "n_images": self.n_images_computed,
+                "n_images_from_store": self.n_images - self.n_images_computed,
+                "unet_evals": self.n_unet_evals_computed,
+                "seconds": self.seconds_computed,
+            },
+            "store": None if self.store is None else {"run_key": self.run_key, "file": self.store.path.name},
+            "distributed": {"world_size": max(1, len(self.images_per_rank)), "images_per_rank": list(self.images_per_rank) or [0]},
         }
-
-
-class ImageBatchScorer:
-    """A :class:`~diffcls_plugin.samplers.BatchScorer` over one batch of images.
-
-    Expands each (image, class, timestep, noise) triple into one UNet input per prompt of the
-    class, runs them in flat batches of ``unet_batch_size``, and averages a class's prompts.
-    """
-
-    def __init__(self, model: DiffusionClassifier, latents: torch.Tensor, seeds: list[int]) -> None:
-        self.model = model
-        self.latents = latents  # (B, C, h, w)
-        self.seeds = seeds
-
-    def __call__(self, image_idx, class_idx, timesteps, noise_idx) -> list[float]:
-        model = self.model
-        adapter = model.adapter
-        rows = model._class_rows
-        embeds = model._prompt_embeds
-        # one UNet input per (triple, prompt row)
-        owner: list[int] = []
-        in_image: list[int] = []
-        in_row: list[int] = []
-        in_t: list[int] = []
-        in_noise: list[tuple[int, int, int]] = []
-        for k, (i, c, t, n) in enumerate(zip(image_idx, class_idx, timesteps, noise_idx)):
-            for row in rows[c]:
-                owner.append(k)
-                in_image.append(i)
-                in_row.append(row)
-                in_t.append(t)
-                in_noise.append((i, t, n))
-        noises: dict[tuple[int, int, int], torch.Tensor] = {}
-        for key in dict.fromkeys(in_noise):
-            i, t, n = key
-            noises[key] = make_noise(self.seeds[i], t, n, model.latent_shape)
-        errors = torch.empty(len(owner), dtype=torch.float32)
-        start = 0
-        while start < len(owner):
-            # equal chunks of at most unet_batch_size: no small last batch (e.g. 640 -> 3 x 214, not 256 + 256 + 128)
-            remaining = len(owner) - start
-            sl = slice(start, start + math.ceil(remaining / math.ceil(remaining / model.unet_batch_size)))
-            idx = torch.tensor(in_image[sl])
-            try:
-                errors[sl] = adapter.errors(
-                    self.latents[idx.to(self.latents.device)],
-                    torch.stack([noises[key] for key in in_noise[sl]]),
-                    torch.tensor(in_t[sl], dtype=torch.long),
-                    embeds[torch.tensor(in_row[sl], device=embeds.device)],
-                    model.config.loss,
-                ).cpu()
-            except torch.OutOfMemoryError:
-                model.halve_batch_size()
-                continue
-            start = sl.stop
-        model.n_unet_evals += len(owner)
-        per_triple = torch.zeros(len(image_idx), dtype=torch.float64)
-        per_triple.index_add_(0, torch.tensor(owner), errors.double())
-        counts = torch.tensor([len(rows[c]) for c in class_idx], dtype=torch.float64)
-        return (per_triple / counts).tolist()
 
 
 def load_classifier(
@@ -442,6 +466,7 @@ def load_classifier(
     seed: int = 0,
     cache_dir: str | None = None,
     progress: bool = True,
+    store: OutcomeStore | bool | None = None,
 ) -> DiffusionClassifier:
     """Build a classifier by harness model name (``diffusion-hier`` ...) and ``--pretrained`` value.
 
@@ -455,6 +480,7 @@ def load_classifier(
         seed: the run seed.
         cache_dir: the hub cache folder.
         progress: show a progress bar.
+        store: the resume store (see :class:`DiffusionClassifier`); ``None`` follows the config.
 
     Everything the user chose is validated before any weights load.
     """
@@ -473,5 +499,5 @@ def load_classifier(
         compile=config.compile,
     )
     return DiffusionClassifier(
-        adapter, sampler, config, seed=seed, checkpoint=checkpoint, model_name=model_name, progress=progress
+        adapter, sampler, config, seed=seed, checkpoint=checkpoint, model_name=model_name, progress=progress, store=store
     )

@@ -42,6 +42,27 @@ def binomial_tolerance(p: float, n: int, z: float = DEFAULT_Z) -> float:
     return z * math.sqrt(p_adj * (1 - p_adj) / (n + 4))
 
 
+def setup_of(result: Result) -> dict[str, Any]:
+    """What a reference value was measured on: images (count and subset), sampler, options, seed.
+
+    A result run on another setup is not comparable with the reference, whatever its numbers.
+    """
+    block = result.diffcls
+    return {
+        "n_images": block.get("n_images"),
+        "subset_sha256": (block.get("subset") or {}).get("indices_sha256"),
+        "sampler": block.get("sampler"),
+        "options": (block.get("config") or {}).get("sampler"),
+        "seed": block.get("seed"),
+    }
+
+
+def setup_differences(expected: dict[str, Any], result: Result) -> list[str]:
+    """The keys of ``expected`` (a reference entry's setup) that ``result`` does not match."""
+    actual = setup_of(result)
+    return [f"{k} {actual.get(k)!r} (reference: {v!r})" for k, v in expected.items() if actual.get(k) != v]
+
+
 @dataclass(frozen=True)
 class Check:
     label: str
@@ -50,10 +71,12 @@ class Check:
     old: float | None
     new: float | None
     tolerance: float | None
-    status: str  # "ok", "regression", "improved", "missing"
+    status: str  # "ok", "regression", "improved", "missing", "mismatch"
     rule: str
 
     def line(self) -> str:
+        if self.status == "mismatch":
+            return f"{'MISMATCH':10s} {self.label} / {self.dataset}: {self.rule}"
         old = "–" if self.old is None else f"{self.old:.4g}"
         new = "–" if self.new is None else f"{self.new:.4g}"
         tol = "–" if self.tolerance is None else f"±{self.tolerance:.4g}"
@@ -99,12 +122,27 @@ def _tolerance(metric: str, old: float, n: int | None, reference: dict[str, Any]
 
 
 def check(results: list[Result], reference: dict[str, Any]) -> list[Check]:
-    """Compare results with reference entries; every entry must have a matching result."""
+    """Compare results with reference entries; every entry must have a matching result, run on
+    the setup the entry was measured on (its ``setup``, or at least its ``n_images``).
+
+    Raises:
+        DiffclsError: a reference with no entries, or none with a checked metric (nothing would
+            be checked, so nothing could fail).
+    """
+    if not reference["entries"]:
+        raise DiffclsError("the reference has no entries, so nothing would be checked; write it with diffcls check RESULTS --reference FILE --update")
     by_key = {(r.label, r.dataset): r for r in results}
     checks = []
     for entry in reference["entries"]:
         label, dataset = entry["label"], entry["dataset"]
         result = by_key.get((label, dataset))
+        if result is not None:
+            expected = entry.get("setup") or ({"n_images": entry["n_images"]} if entry.get("n_images") else {})
+            differences = setup_differences(expected, result)
+            if differences:
+                checks.append(Check(label, dataset, "setup", None, None, None, "mismatch",
+                                    "run on another setup than the reference: " + "; ".join(differences)))
+                continue
         for metric, old in entry["metrics"].items():
             if result is None:
                 checks.append(Check(label, dataset, metric, old, None, None, "missing", "no result file for this entry"))
@@ -122,6 +160,8 @@ def check(results: list[Result], reference: dict[str, Any]) -> list[Check]:
             worse = (new - old) if metric in LOWER_IS_BETTER else (old - new)
             status = "regression" if worse > tol + 1e-12 else "improved" if -worse > tol + 1e-12 else "ok"
             checks.append(Check(label, dataset, metric, old, new, tol, status, rule))
+    if not checks:
+        raise DiffclsError("no metric of the reference is checked (no tolerance applies to any); add tolerances or accuracy metrics")
     return checks
 
 
@@ -134,6 +174,8 @@ def reference_from(results: list[Result], previous: dict[str, Any] | None = None
         entry: dict[str, Any] = {"label": r.label, "dataset": r.dataset, "metrics": values}
         if r.diffcls.get("n_images"):
             entry["n_images"] = r.diffcls["n_images"]
+        if r.diffcls:
+            entry["setup"] = setup_of(r)
         entries.append(entry)
     out = {k: previous[k] for k in ("description", "z", "tolerances") if k in previous}
     out.setdefault("z", DEFAULT_Z)

@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the model hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.pop("DIFFCLS_CONFIG", None)
+os.environ["DIFFCLS_RESUME"] = "0"  # the resume store is tested on its own (tests/test_store.py), in temporary folders
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -101,3 +101,60 @@ def test_dataset_options_then_model_options(tmp_path):
     assert a.diffcls.dtype == "fp32"
     assert a.config_hash != b.config_hash
     assert plan(load_benchmark(path))[0].config_hash == a.config_hash  # stable
+
+
+def _matrix(tmp_path, models, root):
+    import yaml
+
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "m", "output": str(tmp_path / "out"), "num_workers": 0, "batch_size": 4,
+        "models": models, "datasets": [{"name": "wds/tiny", "root": str(root), "options": {"baseline": {"n_timesteps": 2}}}],
+    }))
+    return load_benchmark(path)
+
+
+def test_run_checks_every_cell_before_the_first_computes(tmp_path, tiny_sd, tiny_wds):
+    from diffcls_plugin.benchmark import run_benchmark
+    from diffcls_plugin.errors import DiffclsError
+
+    root, _, _ = tiny_wds
+    config = _matrix(tmp_path, [{"name": "diffusion-baseline", "pretrained": str(tiny_sd)},
+                                {"name": "diffusion-baseline", "pretrained": str(tmp_path / "no-such-model"), "label": "bad"},
+                                {"name": "diffusion-hier", "pretrained": "someone/not-cached"}], root)
+    with pytest.raises(DiffclsError) as exc:
+        run_benchmark(config, echo=lambda _: None)
+    text = str(exc.value)
+    assert text.startswith("2 of 3 cells cannot run; nothing was computed")
+    assert "bad on wds/tiny: --pretrained folder" in text and "does not exist" in text
+    assert "diffusion-hier someone/not-cached on wds/tiny: --pretrained 'someone/not-cached'" in text and "not in the local hub cache" in text
+    assert not list((tmp_path / "out").glob("*.json"))  # the good cell did not run either
+
+
+def test_a_cell_that_fails_while_running_does_not_stop_the_others(tmp_path, tiny_sd, tiny_wds):
+    from diffcls_plugin.benchmark import run_benchmark
+    from diffcls_plugin.errors import DiffclsError
+
+    root, _, _ = tiny_wds
+    config = _matrix(tmp_path, [{"name": "diffusion-baseline", "pretrained": str(tiny_sd), "label": "first"},
+                                {"name": "diffusion-baseline", "pretrained": str(tiny_sd), "label": "second"}], root)
+    import diffcls_plugin.harness as harness
+
+    original = harness.run_harness
+    calls = []
+
+    def flaky(argv, config=None, subset=None, **kwargs):  # the first cell dies mid-run, as an out-of-disk or a lost node would
+        calls.append(argv)
+        if len(calls) == 1:
+            raise RuntimeError("simulated failure")
+        return original(argv, config, subset, **kwargs)
+
+    lines = []
+    import unittest.mock
+
+    with unittest.mock.patch.object(harness, "run_harness", flaky), pytest.raises(DiffclsError) as exc:
+        run_benchmark(config, echo=lines.append)
+    assert len(calls) == 2 and str(exc.value).startswith("1 of 2 cells failed (the others ran)")
+    assert "first on wds/tiny: simulated failure" in str(exc.value)
+    assert any("FAILED: simulated failure" in line for line in lines)
+    assert [p.name for p in sorted((tmp_path / "out").glob("*.json"))] == ["wds_tiny__second.json"]

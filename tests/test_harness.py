@@ -15,6 +15,7 @@ from sklearn.metrics import balanced_accuracy_score
 from conftest import CLASSNAMES, TEMPLATES, random_images
 from diffcls_plugin import register
 from diffcls_plugin.config import load_config
+from diffcls_plugin.harness import session
 from diffcls_plugin.model import load_classifier
 
 register()
@@ -56,10 +57,11 @@ def test_harness_logits_rank_classes_exactly_as_the_sampler(tiny_sd, templates, 
     config = load_config(
         None, ["adaptive.to_keep=[3,1]", "adaptive.n_samples=[4,8]", "baseline.n_timesteps=8", "ttest.min_samples=3", "ttest.max_samples=12"]
     )
-    # through the harness's own loader entry point, with --model_type open_clip (the default)
-    model, transform, tokenizer = load_clip("open_clip", model_name, str(tiny_sd), None, "cpu")
-    model.config = config
-    model.options = config.sampler_options(model.sampler.name)
+    # through the harness's own loader entry point, with --model_type open_clip (the default); the
+    # options reach the loader as a `diffcls eval` session hands them over
+    with session(config):
+        model, transform, tokenizer = load_clip("open_clip", model_name, str(tiny_sd), None, "cpu")
+    assert model.config == config and model.options == config.sampler_options(model.sampler.name)
     images, labels = random_images(8, seed=1), [i % 6 for i in range(8)]
     dl, x = loader(model, images, labels)
     # amp=True, as the CLI defaults to: the patched evaluate must switch it off for us
@@ -213,9 +215,14 @@ def test_default_pretrained_means_sd2_base(monkeypatch):
 
     # one run of the matrix, as clip_benchmark.cli.main_eval hands it to run()
     args.model, args.pretrained, args.dataset, args.language = "diffusion-hier", args.pretrained[0], "cifar10", "en"
+    # the hub-cache and dataset checks need the weights and CIFAR10 on disk: record what they are asked
+    checked = []
+    monkeypatch.setattr("diffcls_plugin.harness.check_checkpoint_offline", lambda checkpoint, allow_pickle: checked.append(checkpoint.source))
+    monkeypatch.setattr("diffcls_plugin.harness.check_dataset", lambda args, task: checked.append((args.dataset, task)))
     ctx = prepare_run(args)
     assert args.pretrained == "sd2-base"
     assert ctx.checkpoint.source == "stabilityai/stable-diffusion-2-base"
+    assert checked == ["stabilityai/stable-diffusion-2-base", ("cifar10", "zeroshot_classification")]
 
 
 def test_diffcls_eval_passes_the_same_options(tmp_path, tiny_sd, tiny_wds):

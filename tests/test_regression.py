@@ -75,7 +75,7 @@ def test_missing_result_and_explicit_tolerances(tmp_path):
     ref.write_text(json.dumps({
         "tolerances": {"acc1": {"abs": 0.001}, "seconds_per_image": {"rel": 0.5}},
         "entries": [
-            {"label": "diffusion-hier tiny-digits", "dataset": "wds/digits", "n_images": 50,
+            {"label": "diffusion-hier tiny-digits", "dataset": "wds/digits", "n_images": 400,
              "metrics": {"acc1": 0.925, "seconds_per_image": 0.02}},
             {"label": "nobody", "dataset": "wds/digits", "metrics": {"acc1": 0.5}},
         ],
@@ -95,3 +95,43 @@ def test_bad_reference_file(tmp_path):
     ref.write_text(json.dumps({"entries": [], "tolerance": {}}))
     result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
     assert result.exit_code == 1 and "unknown key(s) tolerance" in result.output
+
+
+def test_a_result_on_another_setup_is_a_mismatch_not_a_pass(tmp_path):
+    """The reference was measured on 400 images; a result on 360 (or another subset, options, seed)
+    is not comparable, whatever its numbers."""
+    ref = make_reference(tmp_path)
+    data = json.loads(ref.read_text())
+    data["entries"] = [e for e in data["entries"] if e["label"] == "diffusion-hier tiny-digits" and e["dataset"] == "wds/digits"]
+    assert data["entries"][0]["setup"]["n_images"] == 400  # --update records the setup
+    data["entries"][0]["setup"]["n_images"] = 100
+    ref.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 1
+    assert "MISMATCH" in result.output and "n_images 400 (reference: 100)" in result.output
+    # an older reference without a setup still compares its n_images
+    del data["entries"][0]["setup"]
+    data["entries"][0]["n_images"] = 100
+    ref.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 1 and "n_images 400 (reference: 100)" in result.output
+
+
+def test_an_empty_reference_fails_instead_of_passing_zero_checks(tmp_path):
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"entries": []}))
+    result = CliRunner().invoke(main, ["check", str(RESULTS), "--reference", str(ref)])
+    assert result.exit_code == 1 and "the reference has no entries, so nothing would be checked" in result.output
+
+
+def test_hidden_files_in_a_results_folder_are_not_results(tmp_path):
+    folder = tmp_path / "results"
+    shutil.copytree(RESULTS, folder)
+    (folder / ".templates-wds_digits.json").write_text(json.dumps({"wds/digits": ["a photo of a {c}."]}))
+    ref = make_reference(tmp_path)
+    data = json.loads(ref.read_text())
+    data["entries"] = [e for e in data["entries"] if "RN50" not in e["label"]]  # no n_images for plain results
+    ref.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["check", str(folder), "--reference", str(ref)])
+    assert result.exit_code == 0, result.output
+    assert "0 failed" in result.output

@@ -120,7 +120,7 @@ def test_adaptive_survivors_share_all_pairs_and_reuse_earlier_stages():
 def test_hierarchical_beam_shrinks_by_beam_factor():
     n_classes = 100
     scorer = Recorder([0.001 * c for c in range(n_classes)], jitter=0.0001)
-    result = classify(hierarchical(n_classes, HierarchicalOptions(beam_factor=2, n_timesteps=32)), scorer)
+    result = classify(hierarchical(n_classes, HierarchicalOptions(beam_factor=2, min_beam=1, n_timesteps=32)), scorer)
     sizes = [len(call) for call in scorer.calls]
     assert sizes == [100, 50, 25, 12, 6, 3]  # keep floor(|beam| / 2) after each timestep
     assert result.stop_reason == "beam"
@@ -130,7 +130,7 @@ def test_hierarchical_beam_shrinks_by_beam_factor():
 
 def test_hierarchical_beam_factor_below_two_and_noises_per_timestep():
     scorer = Recorder([0.1 * c for c in range(10)], jitter=0.01)
-    result = classify(hierarchical(10, HierarchicalOptions(beam_factor=1.5, n_noises=3, n_timesteps=32)), scorer)
+    result = classify(hierarchical(10, HierarchicalOptions(beam_factor=1.5, min_beam=1, n_noises=3, n_timesteps=32)), scorer)
     assert result.stop_reason == "beam" and result.prediction == 0
     sizes = [len(call) // 3 for call in scorer.calls]
     expected, beam = [], 10
@@ -179,7 +179,7 @@ def test_no_early_stop_while_the_best_class_changes():
 
 def test_ranking_puts_pruned_classes_below_survivors_by_prune_time_then_error():
     base = [0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4]
-    result = classify(hierarchical(8, HierarchicalOptions(beam_factor=2, n_timesteps=4)), Recorder(base, jitter=0.0))
+    result = classify(hierarchical(8, HierarchicalOptions(beam_factor=2, min_beam=1, n_timesteps=4)), Recorder(base, jitter=0.0))
     # beam 8 -> 4 (prune 0.5, 0.7, 0.8, 0.9) -> 2 (prune 0.3, 0.4) -> 1 (prune 0.2)
     assert result.ranking == (1, 5, 3, 7, 2, 6, 4, 0)
     assert result.n_evals == 8 + 4 + 2
@@ -233,6 +233,7 @@ def test_scorer_returning_the_wrong_count_or_nan_is_an_error():
         (HierarchicalOptions(t_step=10, n_timesteps=10), "set one of them"),
         (HierarchicalOptions(direction="up"), "ascending, descending, center-out"),
         (HierarchicalOptions(patience=0), "patience must be >= 1"),
+        (HierarchicalOptions(min_beam=0), "min_beam must be >= 1"),
         (HierarchicalOptions(t_start=600, t_end=500), "t_end must be between"),
     ],
 )
@@ -248,12 +249,39 @@ def test_inconsistent_options_are_rejected_before_any_compute(options, message):
 
 def test_fixed_beam_is_algorithm_1_as_written():
     """BeamSize = C/b once (line 3): after the first timestep, C/b classes at every timestep."""
-    options = HierarchicalOptions(beam="fixed", beam_factor=2, n_timesteps=8, direction="ascending")
+    options = HierarchicalOptions(beam="fixed", beam_factor=2, min_beam=1, n_timesteps=8, direction="ascending")
     scorer = Recorder([0.0] + [1.0] * 9, jitter=0.1)
     result = classify(hierarchical(10, options), scorer)
     assert result.n_evals == 10 + 7 * 5
     assert result.prediction == 0 and result.stop_reason == "schedule"
     assert [len(call) for call in scorer.calls] == [10] + [5] * 7
     # a progressive beam with the same b halves every time: 10, 5, 2, 1
-    progressive = classify(hierarchical(10, HierarchicalOptions(beam_factor=2, n_timesteps=8)), Recorder([0.0] + [1.0] * 9, jitter=0.1))
+    progressive = classify(hierarchical(10, HierarchicalOptions(beam_factor=2, min_beam=1, n_timesteps=8)), Recorder([0.0] + [1.0] * 9, jitter=0.1))
     assert progressive.n_evals == 10 + 5 + 2 and progressive.stop_reason == "beam"
+
+
+def test_min_beam_keeps_the_last_classes_over_the_whole_schedule():
+    """The beam stops shrinking at ``min_beam``; those classes see every remaining timestep, and
+    the prediction is decided on all of them, not on the first few."""
+    options = HierarchicalOptions(beam_factor=2, min_beam=2, n_timesteps=8, direction="ascending")
+    scorer = Recorder([0.3, 0.0] + [1.0] * 8, jitter=0.01)
+    result = classify(hierarchical(10, options), scorer)
+    assert [len(call) for call in scorer.calls] == [10, 5, 2, 2, 2, 2, 2, 2]
+    assert result.stop_reason == "schedule" and result.n_evals == 10 + 5 + 6 * 2
+    assert result.prediction == 1 and result.ranking[:2] == (1, 0)
+    # a late decision: class 0 looks best on the first (clean) timesteps, class 1 on the rest
+    grid = schedule(options)
+
+    def late(class_idx, timesteps, noise_idx):
+        early = {t: i < 3 for i, t in enumerate(grid)}
+        return [(0.0 if early[t] else 1.0) if c == 0 else (0.5 if c == 1 else 2.0) for c, t in zip(class_idx, timesteps)]
+
+    assert classify(hierarchical(10, options), late).prediction == 1  # mean over 8 timesteps
+    assert classify(hierarchical(10, HierarchicalOptions(beam_factor=2, min_beam=1, n_timesteps=8, direction="ascending")), late).prediction == 0
+
+
+def test_min_beam_of_every_class_is_the_baseline():
+    scorer, reference = Recorder([0.5] * 7, seed=3), Recorder([0.5] * 7, seed=3)
+    result = classify(hierarchical(7, HierarchicalOptions(beam_factor=3, min_beam=7, n_timesteps=12, direction="ascending")), scorer)
+    base = classify(baseline(7, BaselineOptions(n_timesteps=12)), reference)
+    assert result.ranking == base.ranking and result.scores == base.scores and result.n_evals == base.n_evals == 7 * 12

@@ -97,7 +97,8 @@ def test_harness_results_of_the_three_samplers_match_the_sampler_functions(tmp_p
         results = run_samplers([SAMPLERS.get(block["sampler"]).fn(10, options, 1000) for _ in images], lookup)
         acc = sum(r.prediction == y for r, y in zip(results, labels)) / len(labels)
         assert dump["metrics"]["acc1"] == pytest.approx(acc, abs=1.5 / len(labels)), spec.label  # a near-tie may flip
-        assert block["unet_evals_per_image"] == pytest.approx(sum(r.n_evals for r in results) / len(results), rel=0.05)
+        # these three samplers' counts do not depend on the errors (no early stop): exactly equal
+        assert block["unet_evals_per_image"] == sum(r.n_evals for r in results) / len(results)
         evals[spec.name] = block["unet_evals_per_image"]
     assert evals["diffusion-baseline"] == 320
     assert evals["diffusion-hier"] < evals["diffusion-adaptive"] < evals["diffusion-baseline"]

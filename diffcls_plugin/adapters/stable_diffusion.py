@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.images import to_rgb
 from diffcls_plugin.zoo import Checkpoint, check_safetensors
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     if name == "auto":
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     return DTYPES[name]
-
-
-def to_rgb(image):
-    return image.convert("RGB")
 
 
 def preprocess(image_size: int) -> transforms.Compose:

@@ -13,7 +13,8 @@ given pair (Li et al.'s paired comparison), whichever sampler asked for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Sequence
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,10 +106,7 @@ class Evaluations:
             raise RuntimeError(f"scorer returned {len(errors)} errors for {len(pending)} requested triples")
         for key, error in zip(pending, errors):
             if not math.isfinite(error):
-                raise RuntimeError(
-                    f"non-finite error {error} for (class, timestep, noise) = {key}; "
-                    "the UNet overflowed: run in fp32 or bf16 instead of fp16"
-                )
+                raise RuntimeError(f"the scorer returned a non-finite error {error} for (class, timestep, noise) = {key}")
             self._errors[key] = error
             self._by_class.setdefault(key[0], []).append(error)
 
@@ -172,26 +170,53 @@ def li_timesteps(num_train_timesteps: int, n: int) -> list[int]:
     return list(range(step // 2, num_train_timesteps, step))[:n]
 
 
-def run_samplers(samplers: Sequence[Sampler], score: BatchScorer) -> list[SamplerResult]:
+def run_samplers(
+    samplers: Sequence[Sampler],
+    score: BatchScorer,
+    on_finish: Callable[[int, SamplerResult, float], None] | None = None,
+) -> list[SamplerResult]:
     """Drive several images' samplers in lockstep, one flat scorer call per round.
 
     Each round gathers the pending request of every unfinished sampler, flattens them into one
     call of ``score`` (with the image index of each triple), and hands each sampler its errors.
     Every image's beam, early stop and noise stay its own: the result of each image equals
     running it alone.
+
+    Args:
+        samplers: one sampler generator per image.
+        score: the batch scorer.
+        on_finish: called as ``on_finish(i, result, seconds)`` the moment image ``i``'s sampler
+            returns (e.g. to commit it). ``seconds`` is the image's share of the wall time of
+            every round it took part in, split by its share of the round's triples (the first
+            requests' time split equally), so the images' seconds add up to the driver's time.
     """
     results: list[SamplerResult | None] = [None] * len(samplers)
+    spent = [0.0] * len(samplers)
     pending: dict[int, Request] = {}
+
+    def done(i: int, result: SamplerResult) -> None:
+        results[i] = result
+        if on_finish is not None:
+            on_finish(i, result, spent[i])
+
+    start = time.perf_counter()
+    finished_early: list[tuple[int, SamplerResult]] = []
     for i, sampler in enumerate(samplers):
         try:
             pending[i] = next(sampler)
         except StopIteration as stop:
-            results[i] = stop.value
+            finished_early.append((i, stop.value))
+    share = (time.perf_counter() - start) / max(1, len(samplers))
+    spent = [share] * len(samplers)
+    for i, result in finished_early:
+        done(i, result)
     while pending:
+        start = time.perf_counter()
         image_idx: list[int] = []
         class_idx: list[int] = []
         timesteps: list[int] = []
         noise_idx: list[int] = []
+        sizes = {i: len(request) for i, request in pending.items()}
         for i, request in pending.items():
             image_idx.extend([i] * len(request))
             class_idx.extend(request.class_idx)
@@ -201,14 +226,20 @@ def run_samplers(samplers: Sequence[Sampler], score: BatchScorer) -> list[Sample
         if len(errors) != len(image_idx):
             raise RuntimeError(f"scorer returned {len(errors)} errors for {len(image_idx)} triples")
         offset = 0
+        finished: list[tuple[int, SamplerResult]] = []
         for i, request in list(pending.items()):
             chunk = errors[offset : offset + len(request)]
             offset += len(request)
             try:
                 pending[i] = samplers[i].send(chunk)
             except StopIteration as stop:
-                results[i] = stop.value
+                finished.append((i, stop.value))
                 del pending[i]
+        elapsed = time.perf_counter() - start
+        for i, n in sizes.items():
+            spent[i] += elapsed * n / len(image_idx)
+        for i, result in finished:
+            done(i, result)
     return results  # type: ignore[return-value]
 
 

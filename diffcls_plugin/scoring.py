@@ -1,0 +1,142 @@
+"""The scoring engine: fixed per-image noise, and the batch scorer that turns a sampler's
+(image, class, timestep, noise) triples into flat UNet batches.
+
+It takes values (the adapter, latents, seeds, prompt embeddings, class rows, the loss and a
+batch size), never the classifier, and counts its own UNet evaluations per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import torch
+
+from diffcls_plugin.errors import DiffclsError
+
+logger = logging.getLogger(__name__)
+
+
+def image_seed(run_seed: int, pixels: torch.Tensor) -> int:
+    """A 63-bit seed from the run seed and the image's content (quantised to 8 bits).
+
+    Content, not loader position, so an image gets the same noise whatever the batch size, the
+    number of loader workers, or the subset it is evaluated in.
+    """
+    quantised = ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    digest = hashlib.blake2b(f"{run_seed}:".encode(), digest_size=8)
+    digest.update(quantised.numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
+
+
+def noise_seed(seed: int, timestep: int, noise_idx: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{timestep}:{noise_idx}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def make_noise(seed: int, timestep: int, noise_idx: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The image's fixed noise for ``(timestep, noise_idx)``: fp32, drawn on the CPU (device-independent)."""
+    generator = torch.Generator().manual_seed(noise_seed(seed, timestep, noise_idx))
+    return torch.randn(shape, generator=generator)
+
+
+class ImageBatchScorer:
+    """A :class:`~diffcls_plugin.samplers.BatchScorer` over one batch of images.
+
+    Expands each (image, class, timestep, noise) triple into one UNet input per prompt row of
+    the class, runs them in flat batches of at most ``batch_size``, and averages a class's rows.
+
+    Args:
+        adapter: computes the errors of flat UNet batches (``adapter.errors``).
+        latents: (B, C, h, w) the images' latents.
+        seeds: per image, its noise seed.
+        prompt_embeds: (P, L, D) the prompt embeddings.
+        class_rows: per class, the rows of ``prompt_embeds`` it is scored with.
+        loss: the error (``l2``, ``l1``, ``huber``).
+        batch_size: UNet inputs per forward pass; halved (and kept) after an out-of-memory error.
+
+    Attributes:
+        unet_evals: per image, the UNet evaluations spent on it so far.
+        batch_size: the batch size in use.
+    """
+
+    def __init__(self, adapter, latents: torch.Tensor, seeds: list[int], prompt_embeds: torch.Tensor,
+                 class_rows: list[list[int]], loss: str, batch_size: int) -> None:
+        self.adapter = adapter
+        self.latents = latents
+        self.seeds = seeds
+        self.embeds = prompt_embeds
+        self.rows = class_rows
+        self.loss = loss
+        self.batch_size = batch_size
+        self.latent_shape = tuple(latents.shape[1:])
+        self.unet_evals = [0] * len(latents)
+
+    def _halve_batch_size(self) -> None:
+        if self.batch_size == 1:
+            raise torch.OutOfMemoryError("out of memory with a UNet batch of 1; use a smaller image_size or dtype")
+        self.batch_size //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning("diffcls: out of memory; UNet batch size halved to %d for the rest of the run", self.batch_size)
+
+    def _non_finite_cause(self) -> str:
+        """Why the UNet gave a non-finite error, as far as can be told, and what to do."""
+        unet = getattr(self.adapter, "unet", None)
+        dtype = str(getattr(self.adapter, "dtype", "")).replace("torch.", "")
+        if unet is not None and any(not torch.isfinite(p).all() for p in unet.parameters()):
+            return "the UNet's weights contain NaN or inf values: the checkpoint is damaged; download or save it again"
+        if not torch.isfinite(self.latents).all():
+            return "the VAE gave non-finite latents for an image: check the VAE weights and the input images"
+        if not torch.isfinite(self.embeds).all():
+            return "the text encoder gave non-finite prompt embeddings: check the text encoder weights"
+        if dtype == "float16":
+            return "the UNet overflowed in fp16 (non-finite errors): set 'dtype: bf16' (or fp32)"
+        return f"the UNet gave non-finite errors in {dtype} with finite weights and inputs; please report this with the checkpoint"
+
+    def __call__(self, image_idx, class_idx, timesteps, noise_idx) -> list[float]:
+        rows = self.rows
+        # one UNet input per (triple, prompt row)
+        owner: list[int] = []
+        in_image: list[int] = []
+        in_row: list[int] = []
+        in_t: list[int] = []
+        in_noise: list[tuple[int, int, int]] = []
+        for k, (i, c, t, n) in enumerate(zip(image_idx, class_idx, timesteps, noise_idx)):
+            for row in rows[c]:
+                owner.append(k)
+                in_image.append(i)
+                in_row.append(row)
+                in_t.append(t)
+                in_noise.append((i, t, n))
+            self.unet_evals[i] += len(rows[c])
+        noises: dict[tuple[int, int, int], torch.Tensor] = {}
+        for key in dict.fromkeys(in_noise):
+            i, t, n = key
+            noises[key] = make_noise(self.seeds[i], t, n, self.latent_shape)
+        errors = torch.empty(len(owner), dtype=torch.float32)
+        start = 0
+        while start < len(owner):
+            # equal chunks of at most batch_size: no small last batch (e.g. 640 -> 3 x 214, not 256 + 256 + 128)
+            remaining = len(owner) - start
+            sl = slice(start, start + math.ceil(remaining / math.ceil(remaining / self.batch_size)))
+            idx = torch.tensor(in_image[sl])
+            try:
+                errors[sl] = self.adapter.errors(
+                    self.latents[idx.to(self.latents.device)],
+                    torch.stack([noises[key] for key in in_noise[sl]]),
+                    torch.tensor(in_t[sl], dtype=torch.long),
+                    self.embeds[torch.tensor(in_row[sl], device=self.embeds.device)],
+                    self.loss,
+                ).cpu()
+            except torch.OutOfMemoryError:
+                self._halve_batch_size()
+                continue
+            if not torch.isfinite(errors[sl]).all():
+                raise DiffclsError(self._non_finite_cause())
+            start = sl.stop
+        per_triple = torch.zeros(len(image_idx), dtype=torch.float64)
+        per_triple.index_add_(0, torch.tensor(owner), errors.double())
+        counts = torch.tensor([len(rows[c]) for c in class_idx], dtype=torch.float64)
+        return (per_triple / counts).tolist()

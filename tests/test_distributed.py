@@ -1,0 +1,49 @@
+"""Image sharding under torchrun: 2 gloo processes on the CPU give the metrics of one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+from conftest import CLASSNAMES
+
+
+def clip_benchmark_script() -> str:
+    found = shutil.which("clip_benchmark") or str(Path(sys.executable).parent / "clip_benchmark")
+    assert Path(found).is_file(), "the clip_benchmark console script is not installed"
+    return found
+
+
+def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds):
+    root, images, _ = tiny_wds
+    config = tmp_path / "diffcls.yaml"
+    config.write_text("hierarchical:\n  n_timesteps: 8\n  beam_factor: 1.5\n")
+    env = dict(os.environ, DIFFCLS_CONFIG=str(config), OMP_NUM_THREADS="1")
+    args = ["eval", "--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
+            "--batch_size", "5", "--num_workers", "0", "--seed", "3"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", clip_benchmark_script()]
+    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "two.json")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
+    one = subprocess.run([clip_benchmark_script(), *args, "--output", str(tmp_path / "one.json")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    a, b = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
+    assert a["metrics"] == b["metrics"]
+    # batches of 5, 5 and 2 images: rank 0 scores positions 0, 2, 4 of each, rank 1 positions 1, 3
+    assert a["diffcls"]["distributed"] == {"world_size": 2, "images_per_rank": [3 + 3 + 1, 2 + 2 + 1]}
+    assert b["diffcls"]["distributed"] == {"world_size": 1, "images_per_rank": [len(images)]}
+    assert a["diffcls"]["n_images"] == b["diffcls"]["n_images"] == len(images) and a["diffcls"]["n_classes"] == len(CLASSNAMES)
+    assert a["diffcls"]["unet_evals_per_image"] == b["diffcls"]["unet_evals_per_image"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["one.json", "two.json"]  # rank 1 wrote nothing
+
+    refused = subprocess.run([*torchrun, *args, "--distributed", "--output", str(tmp_path / "x.json")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "diffcls: error: --distributed shards whole runs over the torchrun ranks" in refused.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,177 @@
+"""The per-image resume store: round trips, concurrent writers, reuse in the model, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import CLASSNAMES, TEMPLATES, random_images
+from diffcls_plugin.config import DiffclsConfig
+from diffcls_plugin.model import load_classifier
+from diffcls_plugin.samplers import BaselineOptions, HierarchicalOptions, SamplerResult
+from diffcls_plugin.store import FILENAME, Outcome, OutcomeStore, image_key, resume_enabled
+
+
+def outcome(i: int) -> Outcome:
+    ranking = tuple((i + k) % 5 for k in range(5))
+    scores = tuple(math.nan if k == 4 else 0.1 * k + i for k in range(5))
+    return Outcome(SamplerResult(ranking, scores, 10 + i, 3, "beam"), 20 + i, 0.5 * i)
+
+
+def same(a: Outcome, b: Outcome) -> bool:
+    ra, rb = a.result, b.result
+    scores = all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(ra.scores, rb.scores))
+    return (ra.ranking, ra.n_evals, ra.n_rounds, ra.stop_reason, a.n_unet_evals, a.seconds) == (
+        rb.ranking, rb.n_evals, rb.n_rounds, rb.stop_reason, b.n_unet_evals, b.seconds) and scores
+
+
+def test_outcomes_round_trip_exactly_and_the_first_writer_wins(tmp_path):
+    store = OutcomeStore(tmp_path / "s.sqlite")
+    assert store.journal_mode == "wal"
+    for i in range(7):
+        store.put("run-a", f"img{i}", outcome(i))
+    store.put("run-a", "img0", outcome(5))  # a second writer of the same key changes nothing
+    got = store.get_many("run-a", [f"img{i}" for i in range(9)])
+    assert sorted(got) == [f"img{i}" for i in range(7)]
+    assert all(same(got[f"img{i}"], outcome(i)) for i in range(7))
+    assert store.get_many("run-b", ["img0"]) == {} and store.count("run-a") == 7
+    store.close()
+    reopened = OutcomeStore(tmp_path / "s.sqlite")  # committed: a new connection sees everything
+    assert reopened.count() == 7
+
+
+def _writer(path: str, offset: int, n: int) -> None:
+    store = OutcomeStore(path)
+    for i in range(offset, offset + n):
+        store.put("run", f"img{i}", outcome(i))
+
+
+def test_two_processes_writing_one_store_never_corrupt_it(tmp_path):
+    """Two writer processes at once, with overlapping keys: every row lands once, intact."""
+    path = str(tmp_path / "shared.sqlite")
+    OutcomeStore(path).close()
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from test_store import _writer; _writer(sys.argv[2], int(sys.argv[3]), 400)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), path, str(offset)]) for offset in (0, 200)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    store = OutcomeStore(path)
+    got = store.get_many("run", [f"img{i}" for i in range(600)])
+    assert len(got) == 600 == store.count("run")
+    assert all(same(got[f"img{i}"], outcome(i)) for i in range(600))
+
+
+def test_the_store_is_switched_off_by_config_or_environment(monkeypatch):
+    monkeypatch.setenv("DIFFCLS_RESUME", "1")
+    assert resume_enabled(True) and not resume_enabled(False)
+    for off in ("0", "off", "false", "no"):
+        monkeypatch.setenv("DIFFCLS_RESUME", off)
+        assert not resume_enabled(True)
+
+
+def test_image_key_depends_on_the_pixels_not_on_the_batch():
+    a, b = torch.rand(3, 8, 8) * 2 - 1, torch.rand(3, 8, 8) * 2 - 1
+    assert image_key(a) == image_key(a.clone()) != image_key(b)
+    assert image_key(a) != image_key(a[:, :4])  # the shape is part of the key
+
+
+def test_the_model_reuses_finished_images_and_reports_their_original_cost(tmp_path, tiny_sd):
+    store = OutcomeStore(tmp_path / FILENAME)
+    config = DiffclsConfig(baseline=BaselineOptions(n_timesteps=6))
+    images = random_images(5, seed=3)
+
+    def fresh(cfg=config, seed=0):
+        model = load_classifier("diffusion-baseline", str(tiny_sd), config=cfg, seed=seed, progress=False, store=store)
+        model.prepare(CLASSNAMES, TEMPLATES)
+        return model, torch.stack([model.transform(im) for im in images])
+
+    first, pixels = fresh()
+    reference = first.classify(pixels[:3])  # three images finish and are committed
+    assert store.count(first.run_key) == 3 and first.n_unet_evals_computed == 3 * 6 * 6
+    second, _ = fresh()
+    assert second.run_key == first.run_key
+    results = second.classify(pixels)  # three from the store, two computed
+    assert [r.ranking for r in results[:3]] == [r.ranking for r in reference]
+    assert second.n_images_computed == 2 and second.n_unet_evals_computed == 2 * 6 * 6
+    block = second.result_block()
+    assert block["n_images"] == 5 and block["unet_evals_per_image"] == 6 * 6  # the cost of the result
+    assert block["computed"] == {"n_images": 2, "n_images_from_store": 3, "unet_evals": 72, "seconds": second.seconds_computed}
+    assert block["store"]["run_key"] == second.run_key
+    # the uninterrupted computation gives the same rankings
+    alone = load_classifier("diffusion-baseline", str(tiny_sd), config=config, seed=0, progress=False, store=False)
+    alone.prepare(CLASSNAMES, TEMPLATES)
+    assert [r.ranking for r in alone.classify(pixels)] == [r.ranking for r in results]
+    assert alone.store is None and alone.result_block()["store"] is None
+    # what determines an outcome changes the run key: options, seed, prompts
+    assert fresh(DiffclsConfig(baseline=BaselineOptions(n_timesteps=7)))[0].run_key != first.run_key
+    assert fresh(seed=1)[0].run_key != first.run_key
+    other, _ = fresh()
+    other.prepare(CLASSNAMES, ["a picture of a {c}."])
+    assert other.run_key != first.run_key
+    # ... and what does not, does not
+    assert fresh(DiffclsConfig(baseline=BaselineOptions(n_timesteps=6), unet_batch_size=3, hierarchical=HierarchicalOptions(beam_factor=3)))[0].run_key == first.run_key
+
+
+def _rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+    finally:
+        db.close()
+
+
+def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path, tiny_sd):
+    """The real `clip_benchmark eval` killed with SIGKILL mid-run, then rerun unchanged: only the
+    missing images are computed and the metrics equal an uninterrupted run's."""
+    from diffcls_plugin.datasets import write_wds_classification
+
+    images = random_images(12, seed=5)
+    labels = [i % len(CLASSNAMES) for i in range(12)]
+    root = write_wds_classification(tmp_path / "data", images, labels, CLASSNAMES, TEMPLATES, n_shards=1)
+    config = tmp_path / "diffcls.yaml"
+    config.write_text("baseline:\n  n_timesteps: 100\n")  # 600 UNet evaluations per image
+
+    def command(out: str) -> list[str]:
+        return ["clip_benchmark", "eval", "--model", "diffusion-baseline", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny",
+                "--dataset_root", str(root), "--batch_size", "1", "--num_workers", "0", "--seed", "3", "--output", out]
+
+    def env(cache: Path) -> dict[str, str]:
+        return dict(os.environ, DIFFCLS_CONFIG=str(config), DIFFCLS_CACHE=str(cache), DIFFCLS_RESUME="1")
+
+    cache = tmp_path / "cache"
+    killed = subprocess.Popen(command(str(tmp_path / "killed.json")), cwd=tmp_path, env=env(cache),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _rows(cache / FILENAME) < 4 and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run finished before it could be killed; give it more work"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    done_before = _rows(cache / FILENAME)
+    assert 4 <= done_before < len(images) and not (tmp_path / "killed.json").exists()
+
+    resumed = subprocess.run(command(str(tmp_path / "resumed.json")), cwd=tmp_path, env=env(cache), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = subprocess.run(command(str(tmp_path / "whole.json")), cwd=tmp_path, env=env(tmp_path / "other-cache"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = json.loads((tmp_path / "resumed.json").read_text()), json.loads((tmp_path / "whole.json").read_text())
+    assert a["metrics"] == b["metrics"]  # identical, not approximately equal
+    assert a["diffcls"]["computed"]["n_images"] == len(images) - done_before
+    assert a["diffcls"]["computed"]["n_images_from_store"] == done_before
+    assert b["diffcls"]["computed"]["n_images"] == len(images)
+    assert a["diffcls"]["unet_evals_per_image"] == b["diffcls"]["unet_evals_per_image"]  # the cost of the result
+    assert a["diffcls"]["store"]["run_key"] == b["diffcls"]["store"]["run_key"]
