@@ -324,6 +324,9 @@ def prepare_run(args) -> RunContext:
             )
             args.num_workers = n_shards
     check_checkpoint_offline(checkpoint, config.allow_pickle)
+    from diffcls_plugin.adapters import family_of
+
+    family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here
     check_image_size(checkpoint, config.image_size)
     output = output_path(args, task)
     folder = Path(output).parent

@@ -434,6 +434,7 @@ class DiffusionClassifier(nn.Module):
             },
             "seed": self.seed,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+            "family": getattr(self.adapter, "family", "sd"),
             "prediction_type": self.adapter.prediction_type,
             "num_train_timesteps": self.adapter.num_train_timesteps,
             "versions": package_versions(),
@@ -484,13 +485,13 @@ def load_classifier(
 
     Everything the user chose is validated before any weights load.
     """
-    from diffcls_plugin.adapters.stable_diffusion import load_stable_diffusion
+    from diffcls_plugin.adapters import load_adapter
 
     sampler = MODELS.get(model_name)
     config = config if config is not None else config_from_env()
     config.validate()
     checkpoint = pretrained if isinstance(pretrained, Checkpoint) else resolve_checkpoint(pretrained or DEFAULT_CHECKPOINT)
-    adapter = load_stable_diffusion(
+    adapter = load_adapter(
         checkpoint,
         device=device,
         dtype=config.dtype,

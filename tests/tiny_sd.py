@@ -76,3 +76,45 @@ def save_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0, 
     pipe.to(dtype=dtype)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL pipeline (two text encoders, text_time added conditioning) saved in diffusers layout,
+    built from configs as diffusers' own SDXL tests build theirs."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    parts = tiny_components("epsilon", seed, tokenizer_dir=folder.parent / f"{folder.name}-tokenizer")
+    tokenizer = parts["tokenizer"]
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 16,  # six size numbers x 8, plus the pooled width
+        cross_attention_dim=32 + 32,  # both encoders' hidden widths
+        norm_num_groups=8,
+    )
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                  max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=16))
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    pipe = StableDiffusionXLPipeline(
+        vae=parts["vae"], text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+        unet=unet, scheduler=parts["scheduler"],
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

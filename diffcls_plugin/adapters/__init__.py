@@ -35,3 +35,61 @@ class DiffusionAdapter(Protocol):
         prompt_embeds: torch.Tensor,
         loss: str,
     ) -> torch.Tensor: ...
+
+
+# diffusers pipeline class (model_index.json's "_class_name") -> family; one adapter module per family
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+}
+SUPPORTED = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
+
+
+def pipeline_class(checkpoint, cache_dir: str | None = None) -> str | None:
+    """``_class_name`` of the checkpoint's ``model_index.json`` (a local folder's, or the hub's,
+    fetched or read from the cache); ``None`` when it cannot be read."""
+    import json
+    from pathlib import Path
+
+    try:
+        if checkpoint.is_local:
+            path = Path(checkpoint.source) / "model_index.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(checkpoint.source, "model_index.json", revision=checkpoint.revision, cache_dir=cache_dir))
+        return json.loads(path.read_text()).get("_class_name")
+    except Exception:  # noqa: BLE001 - no model_index.json (an old folder), offline and not cached ...
+        return None
+
+
+def family_of(checkpoint, cache_dir: str | None = None) -> str:
+    """The adapter family of a checkpoint: from its pipeline class, else its zoo entry, else ``sd``.
+
+    Raises:
+        DiffclsError: a pipeline class of an unsupported family (Flux, DiT, ...), naming the supported ones.
+    """
+    from diffcls_plugin.errors import DiffclsError
+
+    name = pipeline_class(checkpoint, cache_dir)
+    if name is None:
+        return getattr(checkpoint, "family", None) or "sd"
+    if name not in PIPELINE_FAMILIES:
+        raise DiffclsError(
+            f"--pretrained {checkpoint.name!r} is a {name} checkpoint; diffusion classifiers support {SUPPORTED}"
+        )
+    return PIPELINE_FAMILIES[name]
+
+
+def load_adapter(checkpoint, **kwargs) -> DiffusionAdapter:
+    """Load the adapter of the checkpoint's family (see :func:`family_of`)."""
+    family = family_of(checkpoint, kwargs.get("cache_dir"))
+    if family == "sdxl":
+        from diffcls_plugin.adapters.sdxl import load_sdxl
+
+        return load_sdxl(checkpoint, **kwargs)
+    from diffcls_plugin.adapters.stable_diffusion import load_stable_diffusion
+
+    return load_stable_diffusion(checkpoint, **kwargs)

@@ -46,7 +46,7 @@ def preprocess(image_size: int) -> transforms.Compose:
 
 
 class StableDiffusionAdapter:
-    """UNet + VAE + CLIP text encoder + noise schedule of one Stable Diffusion checkpoint.
+    """UNet + VAE + CLIP text encoder + noise schedule of one Stable Diffusion (1.x / 2.x) checkpoint.
 
     Args:
         unet, vae, text_encoder, tokenizer, scheduler: the diffusers/transformers components.
@@ -58,6 +58,8 @@ class StableDiffusionAdapter:
     The UNet and VAE run channels-last with scaled-dot-product attention; on CUDA fp32 matmuls
     may use TF32.
     """
+
+    family = "sd"
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device="cpu", dtype=torch.float32, compile=False) -> None:
         self.device = torch.device(device)
@@ -175,20 +177,11 @@ def error(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     return per.flatten(1).mean(dim=1)
 
 
-def load_stable_diffusion(
-    checkpoint: Checkpoint,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: str = "auto",
-    allow_pickle: bool = False,
-    cache_dir: str | None = None,
-    compile: bool = False,
-) -> StableDiffusionAdapter:
-    """Load a checkpoint's components (safetensors only unless ``allow_pickle``; never remote code).
-
-    Weights are cast to the compute precision whatever precision they were stored in, so an
-    fp16-saved checkpoint runs in fp32 on a CPU.
-    """
+def load_components(checkpoint: Checkpoint, *, device="cpu", dtype: str = "auto", allow_pickle: bool = False,
+                    cache_dir: str | None = None, extra: dict | None = None) -> dict:
+    """Load a Stable Diffusion-family checkpoint's UNet, VAE, text encoder, tokenizer and noise
+    schedule, plus the ``extra`` components (subfolder name -> transformers class), with clear
+    errors; ``torch_dtype`` is the compute precision."""
     import importlib.util
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -204,11 +197,15 @@ def load_stable_diffusion(
         weights, torch_dtype=torch_dtype, low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None
     )
     try:
-        unet = UNet2DConditionModel.from_pretrained(checkpoint.source, subfolder="unet", **diffusers_weights)
-        vae = AutoencoderKL.from_pretrained(checkpoint.source, subfolder="vae", **diffusers_weights)
-        text_encoder = CLIPTextModel.from_pretrained(checkpoint.source, subfolder="text_encoder", **weights)
-        tokenizer = CLIPTokenizer.from_pretrained(checkpoint.source, subfolder="tokenizer", **common)
-        scheduler = DDPMScheduler.from_pretrained(checkpoint.source, subfolder="scheduler", **common)
+        parts = {
+            "unet": UNet2DConditionModel.from_pretrained(checkpoint.source, subfolder="unet", **diffusers_weights),
+            "vae": AutoencoderKL.from_pretrained(checkpoint.source, subfolder="vae", **diffusers_weights),
+            "text_encoder": CLIPTextModel.from_pretrained(checkpoint.source, subfolder="text_encoder", **weights),
+            "tokenizer": CLIPTokenizer.from_pretrained(checkpoint.source, subfolder="tokenizer", **common),
+            "scheduler": DDPMScheduler.from_pretrained(checkpoint.source, subfolder="scheduler", **common),
+        }
+        for name, cls in (extra or {}).items():
+            parts[name] = cls.from_pretrained(checkpoint.source, subfolder=name, **(common if "tokenizer" in name else weights))
     except (OSError, EnvironmentError, ValueError) as err:
         where = "folder" if checkpoint.is_local else "hub id"
         fix = (
@@ -218,6 +215,26 @@ def load_stable_diffusion(
             "offline runs need the weights in the hub cache"
         )
         raise DiffclsError(f"could not load Stable Diffusion {where} {checkpoint.source!r}: {err}; {fix}") from err
+    parts["torch_dtype"] = torch_dtype
+    return parts
+
+
+def load_stable_diffusion(
+    checkpoint: Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: str = "auto",
+    allow_pickle: bool = False,
+    cache_dir: str | None = None,
+    compile: bool = False,
+) -> StableDiffusionAdapter:
+    """Load a checkpoint's components (safetensors only unless ``allow_pickle``; never remote code).
+
+    Weights are cast to the compute precision whatever precision they were stored in, so an
+    fp16-saved checkpoint runs in fp32 on a CPU.
+    """
+    parts = load_components(checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle, cache_dir=cache_dir)
     return StableDiffusionAdapter(
-        unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=torch_dtype, compile=compile
+        parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+        device=device, dtype=parts["torch_dtype"], compile=compile,
     )

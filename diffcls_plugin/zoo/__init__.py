@@ -40,6 +40,7 @@ class Checkpoint:
     revision: str | None
     is_local: bool
     prediction_type: str | None = None
+    family: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,7 +71,7 @@ def resolve_checkpoint(pretrained: str) -> Checkpoint:
         if "package_path" in entry:
             folder = resources.files("diffcls_plugin").joinpath(entry["package_path"])
             return Checkpoint(pretrained, str(folder), None, True, entry.get("prediction_type"))
-        return Checkpoint(pretrained, entry["repo_id"], entry.get("revision"), False, entry.get("prediction_type"))
+        return Checkpoint(pretrained, entry["repo_id"], entry.get("revision"), False, entry.get("prediction_type"), entry.get("family"))
     path = Path(os.path.expanduser(pretrained))
     if path.exists():
         check_diffusers_folder(path)
