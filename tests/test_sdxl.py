@@ -52,7 +52,7 @@ def test_an_unsupported_pipeline_class_is_refused_naming_the_supported(tmp_path,
     shutil.copytree(tiny_sdxl, folder)
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
-    with pytest.raises(DiffclsError, match=r"is a FluxPipeline checkpoint; diffusion classifiers support Stable Diffusion 1.x/2.x .* and SDXL"):
+    with pytest.raises(DiffclsError, match=r"is a FluxPipeline checkpoint; diffusion classifiers support Stable Diffusion 1.x/2.x .*SDXL .*SD3/SD3.5"):
         family_of(resolve_checkpoint(str(folder)))
 
 

@@ -118,3 +118,41 @@ def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_sd3(folder: Path, seed: int = 0) -> Path:
+    """A tiny SD3 pipeline (MMDiT transformer, two CLIP encoders with projection, no T5, 16-channel-style
+    VAE with a shift factor, flow-matching scheduler) saved in diffusers layout, as diffusers' SD3 tests
+    build theirs (T5 dropped: its tiny test model lives on the hub)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from diffcls_plugin.tokenizer import save_clip_tokenizer
+
+    folder = Path(folder)
+    tokenizer = save_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer", n_merges=1000)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=32,
+    )
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                  max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, projection_dim=16)
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=8, sample_size=16, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

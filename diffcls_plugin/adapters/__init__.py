@@ -37,14 +37,7 @@ class DiffusionAdapter(Protocol):
     ) -> torch.Tensor: ...
 
 
-# diffusers pipeline class (model_index.json's "_class_name") -> family; one adapter module per family
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-}
-SUPPORTED = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
+from diffcls_plugin.zoo import PIPELINE_FAMILIES, SUPPORTED  # noqa: E402 - pure data
 
 
 def pipeline_class(checkpoint, cache_dir: str | None = None) -> str | None:
@@ -90,6 +83,10 @@ def load_adapter(checkpoint, **kwargs) -> DiffusionAdapter:
         from diffcls_plugin.adapters.sdxl import load_sdxl
 
         return load_sdxl(checkpoint, **kwargs)
+    if family == "sd3":
+        from diffcls_plugin.adapters.sd3 import load_sd3
+
+        return load_sd3(checkpoint, **kwargs)
     from diffcls_plugin.adapters.stable_diffusion import load_stable_diffusion
 
     return load_stable_diffusion(checkpoint, **kwargs)

@@ -17,8 +17,35 @@ from typing import Any
 from diffcls_plugin.errors import DiffclsError, closest
 
 DEFAULT_CHECKPOINT = "sd2-base"
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
+# diffusers pipeline class (model_index.json's "_class_name") -> family; one adapter module per family
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+}
+SUPPORTED = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) and SD3/SD3.5 (StableDiffusion3Pipeline)"
+# the components a folder of each family must hold, and those that carry weights
+FAMILY_COMPONENTS = {
+    "sd": (("unet", "vae", "text_encoder", "tokenizer", "scheduler"), ("unet", "vae", "text_encoder")),
+    "sdxl": (("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"), ("unet", "vae", "text_encoder", "text_encoder_2")),
+    "sd3": (("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"), ("transformer", "vae", "text_encoder", "text_encoder_2")),
+}
+
+
+COMPONENTS, WEIGHTED_COMPONENTS = FAMILY_COMPONENTS["sd"]
+FAMILY_NAMES = {"sd": "Stable Diffusion", "sdxl": "SDXL", "sd3": "SD3"}
+
+
+def folder_family(path: Path) -> str:
+    """A local folder's family from its ``model_index.json`` (``sd`` when it has none or an
+    unknown class: the adapter loader names unsupported classes)."""
+    try:
+        name = json.loads((Path(path) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return "sd"
+    return PIPELINE_FAMILIES.get(name, "sd")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -93,10 +120,17 @@ def check_diffusers_folder(path: Path) -> None:
     """Raise a clear error unless ``path`` holds a Stable Diffusion model in diffusers layout."""
     if not path.is_dir():
         raise DiffclsError(f"--pretrained {str(path)!r} is a file; pass the folder that holds model_index.json, unet/, vae/, ...")
-    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    try:
+        name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if name is not None and name.endswith("Pipeline") and name not in PIPELINE_FAMILIES:
+        raise DiffclsError(f"--pretrained {str(path)!r} is a {name} checkpoint; diffusion classifiers support {SUPPORTED}")
+    family = folder_family(path)
+    missing = [c for c in FAMILY_COMPONENTS[family][0] if not (path / c).is_dir()]
     if missing:
         raise DiffclsError(
-            f"--pretrained folder {str(path)!r} is not a diffusers Stable Diffusion folder: missing "
+            f"--pretrained folder {str(path)!r} is not a diffusers {FAMILY_NAMES[family]} folder: missing "
             f"{', '.join(m + '/' for m in missing)}. Save a pipeline with "
             "StableDiffusionPipeline.save_pretrained(folder), or convert a single-file checkpoint with "
             "StableDiffusionPipeline.from_single_file(...).save_pretrained(folder)"
@@ -109,7 +143,7 @@ def check_safetensors(path: Path, allow_pickle: bool) -> None:
     A component with only pickle weights is refused unless ``allow_pickle`` (the config key
     ``allow_pickle: true``) says otherwise: unpickling runs arbitrary code.
     """
-    for component in WEIGHTED_COMPONENTS:
+    for component in FAMILY_COMPONENTS[folder_family(path)][1]:
         folder = path / component
         files = [f.name for f in folder.iterdir() if f.is_file()]
         if any(f.endswith(".safetensors") for f in files):
