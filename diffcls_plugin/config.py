@@ -13,6 +13,7 @@ validated, whichever sampler runs::
     compile: false
     resume: true             # reuse finished images from $DIFFCLS_CACHE/outcomes.sqlite
     on_corrupt: skip         # a corrupt image in a webdataset shard: skip (named, counted) | stop
+    prefilter: null          # or {model: RN50, pretrained: openai, top_k: 20}: CLIP keeps each image's top_k classes
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
     hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, min_beam: 2, patience: null, direction: center-out}
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcls_plugin.errors import DiffclsError, closest
+from diffcls_plugin.prefilter import PrefilterOptions
 from diffcls_plugin.samplers import SAMPLERS, SamplerOptions
 
 CONFIG_ENV = "DIFFCLS_CONFIG"
@@ -110,6 +112,9 @@ class DiffclsConfig:
         on_corrupt: what a corrupt image in a local webdataset does: ``skip`` (named with its
             shard and key on stderr, counted in the result as ``n_images_skipped``) or ``stop``
             (the run stops with an error naming it).
+        prefilter: ``None``, or the CLIP-prefiltered hybrid's options
+            (:class:`~diffcls_plugin.prefilter.PrefilterOptions`): an open_clip model keeps each
+            image's ``top_k`` classes and the sampler decides among them.
         samplers: every registered sampler's options by sampler name (``baseline``,
             ``adaptive``, ``hierarchical`` ...); samplers not given get their defaults.
     """
@@ -123,6 +128,7 @@ class DiffclsConfig:
     compile: bool = False
     resume: bool = True
     on_corrupt: str = "skip"
+    prefilter: PrefilterOptions | None = None
     samplers: SamplerSections = field(default_factory=lambda: _sections({}))
 
     def __init__(
@@ -136,6 +142,7 @@ class DiffclsConfig:
         compile: bool = False,
         resume: bool = True,
         on_corrupt: str = "skip",
+        prefilter: PrefilterOptions | None = None,
         samplers: Mapping[str, SamplerOptions] | None = None,
         **sections: SamplerOptions,
     ) -> None:
@@ -161,6 +168,7 @@ class DiffclsConfig:
             compile=compile,
             resume=resume,
             on_corrupt=on_corrupt,
+            prefilter=prefilter,
             samplers=_sections({**(samplers or {}), **sections}),
         )
         for key, value in values.items():
@@ -190,6 +198,10 @@ class DiffclsConfig:
         for key in ("allow_pickle", "compile", "resume"):
             if not isinstance(getattr(self, key), bool):
                 raise DiffclsError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if self.prefilter is not None:
+            if not isinstance(self.prefilter, PrefilterOptions):
+                raise DiffclsError(f"prefilter must be PrefilterOptions or null, got {self.prefilter!r}")
+            self.prefilter.validate()
         for name in SAMPLERS:
             options = self.sampler_options(name)
             options.check_preset()
@@ -210,6 +222,8 @@ class DiffclsConfig:
     def to_dict(self) -> dict[str, Any]:
         """The options as a config file holds them: top-level keys, then one section per sampler."""
         out: dict[str, Any] = {key: getattr(self, key) for key in _SCALAR_KEYS}
+        if self.prefilter is not None:
+            out["prefilter"] = self.prefilter.to_dict()
         for name, options in self.samplers.items():
             out[name] = options.to_dict()
         return out
@@ -289,7 +303,8 @@ def _build_config(data: Any, source: str) -> DiffclsConfig:
         if key not in known:
             raise _unknown_key(key, known, source, "")
     hints = typing.get_type_hints(DiffclsConfig)
-    scalars = {key: _coerce(data[key], hints[key]) for key in _SCALAR_KEYS if key in data}
+    scalars = {key: _coerce(data[key], hints[key]) for key in _SCALAR_KEYS if key in data and key != "prefilter"}
+    scalars["prefilter"] = PrefilterOptions.from_mapping(data.get("prefilter"), source)
     sections = {
         name: build_sampler_options(SAMPLERS.get(name).options_cls, data[name], source) for name in SAMPLERS if name in data
     }

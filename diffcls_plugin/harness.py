@@ -156,6 +156,29 @@ def open_clip_pretrained() -> list[tuple[str, str]]:
     return [tuple(pair) for pair in open_clip.list_pretrained()]
 
 
+def load_open_clip(model_name: str, pretrained: str | None, device):
+    """An open_clip model for the CLIP prefilter: (model, image size, mean, std, tokenizer).
+
+    Raises:
+        DiffclsError: an unknown model or pretrained tag, or weights that cannot be loaded (offline ...).
+    """
+    import open_clip
+    import torch
+
+    if model_name not in open_clip.list_models():
+        raise DiffclsError(f"prefilter.model {model_name!r} is not an open_clip model; see open_clip.list_models()")
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    except Exception as err:  # noqa: BLE001 - unknown tags, failed downloads, corrupt files: one message
+        raise DiffclsError(f"prefilter: cannot load open_clip {model_name} / {pretrained}: {err}; check the names, or download the weights first") from None
+    model.eval()
+    visual = model.visual
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
+    mean = torch.tensor(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, device=device)
+    std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
+    return model, size, mean, std, open_clip.get_tokenizer(model_name)
+
+
 def is_diffusion_model(model_type: str, model_name: str) -> bool:
     return model_type == MODEL_TYPE or str(model_name).startswith(MODEL_PREFIX)
 

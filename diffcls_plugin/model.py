@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -153,6 +154,7 @@ class DiffusionClassifier(nn.Module):
         self._next_text_class = 0
         self._bar = None
         self._store_arg = store
+        self.prefilter = None  # a ClipPrefilter when the config asks for one
         self.store: OutcomeStore | None = None
         self.run_key: str | None = None
         self.reset_stats()
@@ -203,6 +205,12 @@ class DiffusionClassifier(nn.Module):
         self._prompt_embeds = embeds
         self._class_rows = rows
         self._next_text_class = 0
+        if self.config.prefilter is not None:
+            from diffcls_plugin.prefilter import ClipPrefilter
+
+            if self.prefilter is None or self.prefilter.options != self.config.prefilter:
+                self.prefilter = ClipPrefilter(self.config.prefilter, device=self.adapter.device)
+            self.prefilter.prepare(prompts)
         self._open_store()
         self.reset_stats(n_images)
 
@@ -224,6 +232,7 @@ class DiffusionClassifier(nn.Module):
             "prompt_policy": self.config.prompts,
             "prompts": self.prompts,
             "seed": self.seed,
+            "prefilter": None if self.config.prefilter is None else self.config.prefilter.to_dict(),
         }
 
     def _open_store(self) -> None:
@@ -362,18 +371,33 @@ class DiffusionClassifier(nn.Module):
         if not todo:
             return results, outcomes, 0, 0  # type: ignore[return-value]
         encode_start = time.perf_counter()
-        scorer = self.scorer(images[todo] if len(todo) < len(images) else images)
+        pixels = images[todo] if len(todo) < len(images) else images
+        scorer = self.scorer(pixels)
+        orders = self.prefilter.order(pixels) if self.prefilter is not None else None  # per image, every class in CLIP's order
         encode_share = (time.perf_counter() - encode_start) / len(todo)
+        k = min(self.config.prefilter.top_k, n_classes) if orders is not None else n_classes
+        batch_score = scorer if orders is None else (
+            lambda image_idx, class_idx, timesteps, noise_idx: scorer(
+                image_idx, [orders[i][c] for i, c in zip(image_idx, class_idx)], timesteps, noise_idx
+            )
+        )
 
         def finished(i: int, result: SamplerResult, seconds: float) -> None:
             b = todo[i]
+            if orders is not None:  # the sampler ranked CLIP's top k (local indices): map back, then CLIP's rest
+                order = orders[i]
+                scores = [math.nan] * n_classes
+                for local, score in enumerate(result.scores):
+                    scores[order[local]] = score
+                ranking = tuple(order[c] for c in result.ranking) + tuple(order[k:])
+                result = SamplerResult(ranking, tuple(scores), result.n_evals, result.n_rounds, result.stop_reason)
             outcome = Outcome(result, scorer.unet_evals[i], seconds + encode_share)
             results[b], outcomes[b] = result, outcome
             if self.store is not None:
                 self.store.put(self.run_key, keys[b], outcome)
 
-        samplers = [self.sampler.fn(n_classes, self.options, self.adapter.num_train_timesteps) for _ in todo]
-        run_samplers(samplers, scorer, on_finish=finished)
+        samplers = [self.sampler.fn(k, self.options, self.adapter.num_train_timesteps) for _ in todo]
+        run_samplers(samplers, batch_score, on_finish=finished)
         self.unet_batch_size = scorer.batch_size  # halved for the rest of the run after an out-of-memory error
         return results, outcomes, len(todo), sum(scorer.unet_evals)  # type: ignore[return-value]
 
@@ -455,6 +479,11 @@ class DiffusionClassifier(nn.Module):
             },
             "store": None if self.store is None else {"run_key": self.run_key, "file": self.store.path.name},
             "distributed": {"world_size": max(1, len(self.images_per_rank)), "images_per_rank": list(self.images_per_rank) or [0]},
+            "prefilter": None if self.prefilter is None else {
+                **self.config.prefilter.to_dict(),
+                "clip_images": self.prefilter.n_images,
+                "clip_seconds_per_image": self.prefilter.seconds / max(self.prefilter.n_images, 1),
+            },
         }
 
 
