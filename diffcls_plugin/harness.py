@@ -368,11 +368,11 @@ def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool) -> None
     if checkpoint.is_local:
         from diffcls_plugin.zoo import check_safetensors
 
+        from safetensors import safe_open
+
         check_safetensors(Path(checkpoint.source), allow_pickle)
         for path in sorted(Path(checkpoint.source).rglob("*.safetensors")):
             try:
-                from safetensors import safe_open
-
                 with safe_open(str(path), framework="pt") as f:
                     f.keys()
             except Exception as err:  # noqa: BLE001 - any unreadable header is reported the same way
@@ -578,11 +578,22 @@ def dataset_labels(dataset) -> list[int]:
 
 
 def wds_members(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]], list[int]]:
-    """(shard paths, (shard, key) of every sample, labels) of a local webdataset, without decoding images."""
+    """(shard paths, (shard, key) of every sample, labels) of a local webdataset, without decoding images.
+
+    A run reads them up to three times (its checks, its sample count, its subset); the shards are
+    scanned once per content, keyed by every shard's size and modification time.
+    """
+    nshards = int((root / split / "nshards.txt").read_text().strip())
+    shards = tuple(str(root / split / f"{i}.tar") for i in range(nshards))
+    stamps = tuple((os.stat(s).st_size, os.stat(s).st_mtime_ns) for s in shards)
+    ids, labels = _scan_shards(shards, stamps)
+    return list(shards), list(ids), list(labels)
+
+
+@lru_cache(maxsize=16)
+def _scan_shards(shards: tuple[str, ...], stamps: tuple) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...]]:
     import tarfile
 
-    nshards = int((root / split / "nshards.txt").read_text().strip())
-    shards = [str(root / split / f"{i}.tar") for i in range(nshards)]
     ids, labels = [], []
     for shard in shards:
         with tarfile.open(shard) as tar:
@@ -590,7 +601,7 @@ def wds_members(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]
                 if member.name.endswith(".cls"):
                     ids.append((shard, member.name[: -len(".cls")]))
                     labels.append(int(tar.extractfile(member).read().decode().strip()))
-    return shards, ids, labels
+    return tuple(ids), tuple(labels)
 
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")

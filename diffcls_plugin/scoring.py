@@ -18,15 +18,20 @@ from diffcls_plugin.errors import DiffclsError
 logger = logging.getLogger(__name__)
 
 
+def quantise(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> the 8-bit values they came from (uint8, on the CPU): what identifies an
+    image's content for its noise seed and its resume-store key."""
+    return ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def image_seed(run_seed: int, pixels: torch.Tensor) -> int:
     """A 63-bit seed from the run seed and the image's content (quantised to 8 bits).
 
     Content, not loader position, so an image gets the same noise whatever the batch size, the
     number of loader workers, or the subset it is evaluated in.
     """
-    quantised = ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     digest = hashlib.blake2b(f"{run_seed}:".encode(), digest_size=8)
-    digest.update(quantised.numpy().tobytes())
+    digest.update(quantise(pixels).numpy().tobytes())
     return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 

@@ -55,9 +55,9 @@ def resume_enabled(config_resume: bool = True) -> bool:
 
 def image_key(pixels) -> str:
     """SHA-256 of one image's pixels (``(3, H, W)`` in [-1, 1]) quantised to 8 bits, with its shape."""
-    import torch
+    from diffcls_plugin.scoring import quantise
 
-    quantised = ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    quantised = quantise(pixels)
     digest = hashlib.sha256(repr(tuple(quantised.shape)).encode())
     digest.update(quantised.numpy().tobytes())
     return digest.hexdigest()

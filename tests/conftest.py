@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_sd import save_tiny_sd  # noqa: E402
+from tiny_sd import save_tiny_sd, save_tiny_sd3, save_tiny_sdxl  # noqa: E402
 
 CLASSNAMES = ["cat", "dog", "bird", "fish", "car", "tree"]
 TEMPLATES = ["a photo of a {c}.", "a blurry photo of a {c}."]
@@ -27,6 +27,18 @@ TEMPLATES = ["a photo of a {c}.", "a blurry photo of a {c}."]
 def tiny_sd(tmp_path_factory) -> Path:
     """A tiny epsilon-prediction Stable Diffusion folder (16 px images, 8x8 latents)."""
     return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny SDXL folder (two text encoders, text_time conditioning, 16 px images)."""
+    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    """A tiny SD3 folder (MMDiT, two CLIP encoders, no T5, flow matching, 16 px images)."""
+    return save_tiny_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")
 
 
 @pytest.fixture(scope="session")

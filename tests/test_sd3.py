@@ -20,13 +20,6 @@ from diffcls_plugin.samplers import li_timesteps
 from diffcls_plugin.zoo import resolve_checkpoint
 
 
-@pytest.fixture(scope="session")
-def tiny_sd3(tmp_path_factory):
-    from tiny_sd import save_tiny_sd3
-
-    return save_tiny_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")
-
-
 def test_folder_family_prompts_and_the_flow_matching_forward_process(tiny_sd3):
     checkpoint = resolve_checkpoint(str(tiny_sd3))
     assert family_of(checkpoint) == "sd3"

@@ -20,13 +20,6 @@ from diffcls_plugin.model import DiffusionClassifier
 from diffcls_plugin.zoo import resolve_checkpoint
 
 
-@pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory):
-    from tiny_sd import save_tiny_sdxl
-
-    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
-
-
 def test_the_folder_is_recognised_and_conditioned_as_diffusers_builds_sdxl(tiny_sdxl):
     checkpoint = resolve_checkpoint(str(tiny_sdxl))
     assert family_of(checkpoint) == "sdxl"

@@ -13,14 +13,14 @@ As diffusers' ``StableDiffusionXLPipeline`` builds them:
 
 So that the classifier and its scorer handle one tensor per prompt (indexing, prompt ensembles),
 :meth:`encode_prompts` packs the pooled embedding as one extra token row, zero-padded to the
-hidden width: ``(P, 77 + 1, 2048)``; :meth:`errors` unpacks it.
+hidden width: ``(P, 77 + 1, 2048)``; :meth:`predict` unpacks it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from diffcls_plugin.adapters.stable_diffusion import StableDiffusionAdapter, _to, error
+from diffcls_plugin.adapters.stable_diffusion import StableDiffusionAdapter, _to
 
 
 class StableDiffusionXLAdapter(StableDiffusionAdapter):
@@ -67,22 +67,13 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
         """``(n, 6)`` size conditioning: original size, crop top-left (0, 0), target size."""
         return torch.tensor([[side, side, 0, 0, side, side]], dtype=self.dtype, device=self.device).repeat(n, 1)
 
-    @torch.no_grad()
-    def errors(self, latents, noise, timesteps, prompt_embeds, loss: str = "l2") -> torch.Tensor:
-        """One UNet batch of errors (see :meth:`StableDiffusionAdapter.errors`); ``prompt_embeds``
-        are rows of :meth:`encode_prompts`."""
-        timesteps = timesteps.to(self.device)
-        latents, noise = latents.to(self.device), noise.to(self.device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        prompt_embeds = prompt_embeds.to(self.device, self.dtype)
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """The UNet's output: ``prompt_embeds`` rows of :meth:`encode_prompts` unpacked into hidden
+        states and the pooled embedding, with the size ids of the latents' side."""
         hidden, pooled = prompt_embeds[:, :-1], prompt_embeds[:, -1, : self.pooled_dim]
-        side = latents.shape[-1] * self.vae_scale_factor
-        cond = {"text_embeds": pooled, "time_ids": self.time_ids(side, len(latents))}
-        pred = self.unet(noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
-        target = noise if self.prediction_type == "epsilon" else (
-            self.scheduler.get_velocity(latents, noise, timesteps) if self.prediction_type == "v_prediction" else latents
-        )
-        return error(pred.float(), target.float(), loss)
+        side = noisy.shape[-1] * self.vae_scale_factor
+        cond = {"text_embeds": pooled, "time_ids": self.time_ids(side, len(noisy))}
+        return self.unet(noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
 
 
 def load_sdxl(checkpoint, *, device="cpu", dtype="auto", allow_pickle=False, cache_dir=None, compile=False) -> StableDiffusionXLAdapter:

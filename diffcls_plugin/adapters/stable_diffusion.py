@@ -147,7 +147,7 @@ class StableDiffusionAdapter:
         noise = noise.to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)  # (K, C, h, w) fp32
         noisy = noisy.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        pred = self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds.to(self.dtype)).sample
+        pred = self.predict(noisy, timesteps, prompt_embeds.to(self.device, self.dtype))
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
@@ -155,6 +155,11 @@ class StableDiffusionAdapter:
         else:
             target = latents
         return error(pred.float(), target.float(), loss)  # (K,)
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """The UNet's output for noisy latents under rows of :meth:`encode_prompts` (the one step a
+        family with other conditioning overrides)."""
+        return self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds).sample
 
 
 def _to(module, device: torch.device, dtype: torch.dtype):

@@ -191,7 +191,6 @@ def run_samplers(
             requests' time split equally), so the images' seconds add up to the driver's time.
     """
     results: list[SamplerResult | None] = [None] * len(samplers)
-    spent = [0.0] * len(samplers)
     pending: dict[int, Request] = {}
 
     def done(i: int, result: SamplerResult) -> None:
@@ -206,8 +205,7 @@ def run_samplers(
             pending[i] = next(sampler)
         except StopIteration as stop:
             finished_early.append((i, stop.value))
-    share = (time.perf_counter() - start) / max(1, len(samplers))
-    spent = [share] * len(samplers)
+    spent = [(time.perf_counter() - start) / max(1, len(samplers))] * len(samplers)  # each image's seconds so far
     for i, result in finished_early:
         done(i, result)
     while pending:
