@@ -75,21 +75,25 @@ ARCHS = {  # name -> (kind, config, tiny config, text tokens)
 }
 
 
-def build(arch: str, tiny: bool):
-    """The denoiser of ``arch`` with random weights: (module, config)."""
+def build(arch: str, tiny: bool, device=None):
+    """The denoiser of ``arch`` with random weights, initialised on ``device``: (module, config)."""
     kind, config, tiny_config, _ = ARCHS[arch]
     config = tiny_config if tiny else config
+    with torch.device(device or "cpu"):
+        return _build(kind, config), config
+
+
+def _build(kind: str, config: dict):
     if kind == "unet":
         from diffusers import UNet2DConditionModel
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         model = UNet2DConditionModel(**config).eval()
         model.set_attn_processor(AttnProcessor2_0())
-    else:
-        from diffusers import SD3Transformer2DModel
+        return model
+    from diffusers import SD3Transformer2DModel
 
-        model = SD3Transformer2DModel(**config).eval()
-    return model, config
+    return SD3Transformer2DModel(**config).eval()
 
 
 def inputs(arch: str, config: dict, batch: int, dtype, device) -> dict:
@@ -180,7 +184,7 @@ def main() -> int:
         if arch not in ARCHS:
             parser.error(f"--arch {arch!r}: choose from {', '.join(ARCHS)}")
         torch.manual_seed(0)
-        base, config = build(arch, args.tiny)
+        base, config = build(arch, args.tiny, device)
         params[arch] = sum(p.numel() for p in base.parameters())
         if arch == "sd2-base" and not args.tiny:  # built to record their sizes and to show the whole model builds offline
             params["sd2-base text_encoder"] = sum(p.numel() for p in CLIPTextModel(CLIPTextConfig(**SD2_BASE_TEXT)).parameters())
