@@ -48,13 +48,38 @@ class ClipBenchmarkFinder:
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
         exec_module = loader.exec_module
+        importing = []
 
         def exec_then_patch(module):
-            exec_module(module)
+            importing.append(True)
+            try:
+                exec_module(module)
+            finally:
+                importing.pop()
             _apply(fullname, module)
 
         loader.exec_module = exec_then_patch
+        if fullname == "clip_benchmark.cli" and hasattr(loader, "get_code"):
+            # `python -m clip_benchmark.cli` runs the module's code as __main__ through
+            # loader.get_code, never through exec_module: hand runpy a shim that imports the real
+            # (patched) module and runs its main, so that entry point is the plugin's too
+            get_code = loader.get_code
+
+            def code_for(name):
+                return get_code(name) if importing else compile(_MAIN_SHIM, "<diffcls_plugin: clip_benchmark.cli>", "exec")
+
+            loader.get_code = code_for
         return spec
+
+
+_MAIN_SHIM = """
+import importlib as _importlib
+_cli = _importlib.import_module("clip_benchmark.cli")
+globals().update({k: v for k, v in vars(_cli).items() if not k.startswith("__")})
+if __name__ == "__main__":
+    import sys as _sys
+    _sys.exit(_cli.main())
+"""
 
 
 def install() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import click
 
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL  # pure Python: no torch at CLI start-up
@@ -166,6 +168,67 @@ def run_command(config_path, output, force, check_reference) -> None:
     if check_reference:
         reference = Path(config_path).parent / config.reference
         click.get_current_context().invoke(check_command, results=[str(f) for f in files], reference=str(reference), update=False)
+
+
+@main.command("fit-weights", context_settings=dict(show_default=True))
+@click.option("--pretrained", default="sd2-base", help="Zoo name, hub id or local diffusers folder.")
+@click.option("--dataset", required=True, help="A clip_benchmark classification dataset with labels you will not evaluate on.")
+@click.option("--dataset-root", default="root", help="Dataset folder (clip_benchmark --dataset_root).")
+@click.option("--split", default="train", help="The split to fit on (not the one you will report).")
+@click.option("--subset-per-class", type=int, default=None, help="Fit on a stratified subset: this many images per class.")
+@click.option("--subset-total", type=int, default=None, help="Fit on a stratified subset of this many images.")
+@click.option("--subset-seed", type=int, default=0, help="Seed of the subset choice.")
+@click.option("--n-timesteps", type=int, default=32, help="Timestep grid (Li et al.'s formula) the errors are collected on.")
+@click.option("--method", type=click.Choice(["per-timestep", "poly"]), default="per-timestep",
+              help="One weight per timestep, or exp of a polynomial in the timestep.")
+@click.option("--degree", type=int, default=3, help="Polynomial degree for --method poly.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Options file (loss, prompts, dtype ...).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one option, e.g. --set dtype=bf16.")
+@click.option("--seed", type=int, default=0, help="Noise seed (as the runs' --seed).")
+@click.option("--batch-size", type=int, default=32, help="Images per batch.")
+@click.option("--num-workers", type=int, default=2, help="Data loader workers.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The weights file to write (JSON).")
+def fit_weights_command(pretrained, dataset, dataset_root, split, subset_per_class, subset_total, subset_seed, n_timesteps,
+                        method, degree, config_path, overrides, seed, batch_size, num_workers, out_path) -> None:
+    """Learn timestep weights on labelled images (Jeong et al. 2025); use them with `timestep_weights: FILE`.
+
+    \b
+    Example:
+      diffcls fit-weights --pretrained sd3-medium --dataset cifar10 --dataset-root data/cifar10 \\
+          --split train --subset-per-class 20 --out sd3-cifar10-weights.json
+      DIFFCLS_CONFIG=run.yaml clip_benchmark eval --model diffusion-baseline ...   # run.yaml: timestep_weights: sd3-cifar10-weights.json
+    """
+    from diffcls_plugin.config import load_config
+    from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.subset import SubsetSpec
+    from diffcls_plugin.weighting import fit_on_dataset
+
+    try:
+        config = load_config(config_path, overrides)
+        subset = None
+        if subset_per_class is not None or subset_total is not None:
+            subset = SubsetSpec(per_class=subset_per_class, total=subset_total, seed=subset_seed)
+            subset.validate("--subset")
+        if n_timesteps < 2:
+            raise DiffclsError(f"--n-timesteps must be at least 2 to weigh timesteps against each other, got {n_timesteps}")
+        out = Path(out_path)
+        if not out.parent.is_dir():
+            raise DiffclsError(f"--out {out_path!r}: the folder {str(out.parent)!r} does not exist; create it first")
+        if dataset_root == "root" and dataset == "wds/digits":
+            from diffcls_plugin.digits import ensure_digits_wds
+
+            dataset_root = str(ensure_digits_wds())
+        weights = fit_on_dataset(pretrained, dataset, dataset_root, split, subset=subset, n_timesteps=n_timesteps, config=config,
+                                 seed=seed, batch_size=batch_size, num_workers=num_workers, method=method, degree=degree)
+    except DiffclsError as err:
+        raise click.ClickException(str(err)) from None
+    weights.save(out)
+    acc = weights.meta["accuracy"]
+    click.echo(
+        f"fit-weights: {weights.meta['n_images']} images of {dataset} ({split}); held-out accuracy "
+        f"{100 * acc['held_out_uniform']:.1f}% uniform -> {100 * acc['held_out_weighted']:.1f}% weighted"
+        f"{' (uniform kept)' if weights.meta['kept_uniform'] else ''}; wrote {out}"
+    )
 
 
 @main.command("demo")

@@ -14,6 +14,7 @@ validated, whichever sampler runs::
     resume: true             # reuse finished images from $DIFFCLS_CACHE/outcomes.sqlite
     on_corrupt: skip         # a corrupt image in a webdataset shard: skip (named, counted) | stop
     prefilter: null          # or {model: RN50, pretrained: openai, top_k: 20}: CLIP keeps each image's top_k classes
+    timestep_weights: null   # or a file from `diffcls fit-weights`: each error at t is multiplied by w(t)
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
     hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, min_beam: 2, patience: null, direction: center-out}
@@ -115,6 +116,9 @@ class DiffclsConfig:
         prefilter: ``None``, or the CLIP-prefiltered hybrid's options
             (:class:`~diffcls_plugin.prefilter.PrefilterOptions`): an open_clip model keeps each
             image's ``top_k`` classes and the sampler decides among them.
+        timestep_weights: ``None`` (uniform, Li et al.) or the path of a weights file written by
+            ``diffcls fit-weights`` (:mod:`diffcls_plugin.weighting`, Jeong et al. 2025): every
+            error at timestep ``t`` is multiplied by ``w(t)`` before any sampler sees it.
         samplers: every registered sampler's options by sampler name (``baseline``,
             ``adaptive``, ``hierarchical`` ...); samplers not given get their defaults.
     """
@@ -129,6 +133,7 @@ class DiffclsConfig:
     resume: bool = True
     on_corrupt: str = "skip"
     prefilter: PrefilterOptions | None = None
+    timestep_weights: str | None = None
     samplers: SamplerSections = field(default_factory=lambda: _sections({}))
 
     def __init__(
@@ -143,6 +148,7 @@ class DiffclsConfig:
         resume: bool = True,
         on_corrupt: str = "skip",
         prefilter: PrefilterOptions | None = None,
+        timestep_weights: str | None = None,
         samplers: Mapping[str, SamplerOptions] | None = None,
         **sections: SamplerOptions,
     ) -> None:
@@ -169,6 +175,7 @@ class DiffclsConfig:
             resume=resume,
             on_corrupt=on_corrupt,
             prefilter=prefilter,
+            timestep_weights=timestep_weights,
             samplers=_sections({**(samplers or {}), **sections}),
         )
         for key, value in values.items():
@@ -202,6 +209,17 @@ class DiffclsConfig:
             if not isinstance(self.prefilter, PrefilterOptions):
                 raise DiffclsError(f"prefilter must be PrefilterOptions or null, got {self.prefilter!r}")
             self.prefilter.validate()
+        if self.timestep_weights is not None:
+            if not isinstance(self.timestep_weights, (str, os.PathLike)):
+                raise DiffclsError(f"timestep_weights must be null or the path of a weights file, got {self.timestep_weights!r}")
+            from diffcls_plugin.weighting import load_weights
+
+            weights = load_weights(self.timestep_weights)
+            if weights.num_train_timesteps != num_train_timesteps:
+                raise DiffclsError(
+                    f"timestep_weights {str(self.timestep_weights)!r} were fitted on a {weights.num_train_timesteps}-step schedule, "
+                    f"this model has {num_train_timesteps}; fit them for this model with `diffcls fit-weights`"
+                )
         for name in SAMPLERS:
             options = self.sampler_options(name)
             options.check_preset()

@@ -351,6 +351,17 @@ def prepare_run(args) -> RunContext:
 
     family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here
     check_image_size(checkpoint, config.image_size)
+    if config.timestep_weights is not None:
+        from diffcls_plugin.weighting import load_weights
+
+        meta = load_weights(config.timestep_weights).meta
+        if meta.get("dataset") == args.dataset and meta.get("split") == args.split:
+            print(
+                f"diffcls: WARNING: timestep_weights {config.timestep_weights!r} were fitted on {args.dataset} split "
+                f"{args.split!r}, the split evaluated here: the result is tuned on its own test images. Fit them on "
+                "another split (`diffcls fit-weights --split train`) or another dataset for an honest number",
+                file=sys.stderr,
+            )
     output = output_path(args, task)
     folder = Path(output).parent
     if not folder.is_dir():
@@ -465,6 +476,28 @@ def check_dataset(args, task: str) -> None:
                 break
     if labels is not None:
         check_labels(labels, len(classes), where)
+
+
+def labelled_dataset(dataset: str, root: str, split: str, transform, subset: SubsetSpec | None = None):
+    """A harness classification dataset with ``transform``, through the harness's own builder (and
+    the plugin's subset choice): ``(dataset, classnames, templates)``, checked as a run checks it."""
+    import argparse
+
+    from clip_benchmark.datasets import builder
+
+    name = _dataset_name(dataset)
+    args = argparse.Namespace(dataset=dataset, dataset_root=root, split=split, task="auto", annotation_file="", language="en",
+                              custom_template_file=None, custom_classname_file=None, wds_cache_dir=None)
+    task = _task(args)
+    if task != "zeroshot_classification":
+        raise DiffclsError(f"dataset {dataset!r} runs {task!r}; timestep weights are fitted on a classification dataset")
+    check_dataset(args, task)
+    root = root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+    with session(subset=subset):
+        built = _wrap_build_dataset(builder.build_dataset)(dataset, root, transform, split, download=True, task=task)
+    classes = _strip_trailing_blanks(getattr(built, "classes", None))
+    templates = [t for t in (getattr(built, "templates", None) or ["a photo of a {c}."]) if str(t).strip()]
+    return built, classes, templates
 
 
 def check_labels(labels, n_classes: int, where: str) -> None:

@@ -138,6 +138,11 @@ class DiffusionClassifier(nn.Module):
         self.config = config or DiffclsConfig()
         self.config.validate(adapter.num_train_timesteps)
         self.options = self.config.sampler_options(sampler)
+        self.timestep_weights = None  # TimestepWeights when the config names a weights file
+        if self.config.timestep_weights is not None:
+            from diffcls_plugin.weighting import load_weights
+
+            self.timestep_weights = load_weights(self.config.timestep_weights)
         self.seed = int(seed)
         self.checkpoint = checkpoint
         self.model_name = model_name or sampler
@@ -233,6 +238,7 @@ class DiffusionClassifier(nn.Module):
             "prompts": self.prompts,
             "seed": self.seed,
             "prefilter": None if self.config.prefilter is None else self.config.prefilter.to_dict(),
+            "timestep_weights": None if self.timestep_weights is None else self.timestep_weights.digest,
         }
 
     def _open_store(self) -> None:
@@ -308,7 +314,8 @@ class DiffusionClassifier(nn.Module):
         seeds = [image_seed(self.seed, image) for image in images]
         latents = self.adapter.encode_images(images)  # (B, C, h, w) fp32, once per image
         return ImageBatchScorer(
-            self.adapter, latents, seeds, self._prompt_embeds, self._class_rows, self.config.loss, self.unet_batch_size
+            self.adapter, latents, seeds, self._prompt_embeds, self._class_rows, self.config.loss, self.unet_batch_size,
+            weights=self.timestep_weights,
         )
 
     def classify(self, images: torch.Tensor) -> list[SamplerResult]:
@@ -454,6 +461,7 @@ class DiffusionClassifier(nn.Module):
                 "unet_batch_size": self.config.unet_batch_size,
                 "unet_batch_size_used": self.unet_batch_size,
                 "allow_pickle": self.config.allow_pickle,
+                "timestep_weights": None if self.timestep_weights is None else self.timestep_weights.describe(),
                 "full": self.config.to_dict(),
             },
             "seed": self.seed,

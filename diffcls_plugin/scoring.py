@@ -60,6 +60,8 @@ class ImageBatchScorer:
         class_rows: per class, the rows of ``prompt_embeds`` it is scored with.
         loss: the error (``l2``, ``l1``, ``huber``).
         batch_size: UNet inputs per forward pass; halved (and kept) after an out-of-memory error.
+        weights: ``None``, or :class:`~diffcls_plugin.weighting.TimestepWeights` multiplying each
+            error at timestep ``t`` by ``weights.at(t)``.
 
     Attributes:
         unet_evals: per image, the UNet evaluations spent on it so far.
@@ -67,7 +69,7 @@ class ImageBatchScorer:
     """
 
     def __init__(self, adapter, latents: torch.Tensor, seeds: list[int], prompt_embeds: torch.Tensor,
-                 class_rows: list[list[int]], loss: str, batch_size: int) -> None:
+                 class_rows: list[list[int]], loss: str, batch_size: int, weights=None) -> None:
         self.adapter = adapter
         self.latents = latents
         self.seeds = seeds
@@ -75,6 +77,7 @@ class ImageBatchScorer:
         self.rows = class_rows
         self.loss = loss
         self.batch_size = batch_size
+        self.weights = weights
         self.latent_shape = tuple(latents.shape[1:])
         self.unet_evals = [0] * len(latents)
 
@@ -144,4 +147,6 @@ class ImageBatchScorer:
         per_triple = torch.zeros(len(image_idx), dtype=torch.float64)
         per_triple.index_add_(0, torch.tensor(owner), errors.double())
         counts = torch.tensor([len(rows[c]) for c in class_idx], dtype=torch.float64)
+        if self.weights is not None:
+            counts /= torch.tensor([self.weights.at(int(t)) for t in timesteps], dtype=torch.float64)
         return (per_triple / counts).tolist()

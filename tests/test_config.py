@@ -116,7 +116,7 @@ def test_sampler_sections_build_compare_and_replace_like_fields():
     assert (replaced.hierarchical.beam_factor, replaced.dtype, replaced.loss) == (4, "fp32", "l1")
     assert config.hierarchical.beam_factor == 2  # frozen: replace made a new config
     assert list(config.to_dict()) == [
-        "loss", "prompts", "dtype", "image_size", "unet_batch_size", "allow_pickle", "compile", "resume", "on_corrupt", "prefilter", "baseline", "adaptive", "hierarchical",
+        "loss", "prompts", "dtype", "image_size", "unet_batch_size", "allow_pickle", "compile", "resume", "on_corrupt", "prefilter", "timestep_weights", "baseline", "adaptive", "hierarchical",
         "ttest", "race",
     ]
     with pytest.raises(DiffclsError, match=r"unknown option 'hierarchial'\. Did you mean 'hierarchical'\?"):

@@ -47,6 +47,19 @@ def test_model_type_is_registered_and_listed_in_help():
     assert "diffusion" in out.split("--model_type")[1]
 
 
+def test_python_dash_m_runs_the_plugins_checks_too(tmp_path):
+    """`python -m clip_benchmark.cli` executes the module as __main__ (never through an import): the
+    hook hands it the patched module, so a bad --output is refused before any weights load."""
+    out = subprocess.run(
+        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", "tiny-digits",
+         "--dataset", "wds/digits", "--dataset_root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "missing" / "r.json")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode != 0
+    assert "does not exist; create it first" in out.stderr, out.stderr[-1500:]
+    assert "Loading weights" not in out.stderr
+
+
 @pytest.mark.parametrize(
     "templates",
     [TEMPLATES, {c: [f"a {c}."] + [f"a photo of a {c} number {k}." for k in range(i % 3)] for i, c in enumerate(CLASSNAMES)}],
