@@ -14,7 +14,7 @@ validated, whichever sampler runs::
     resume: true             # reuse finished images from $DIFFCLS_CACHE/outcomes.sqlite
     on_corrupt: skip         # a corrupt image in a webdataset shard: skip (named, counted) | stop
     prefilter: null          # or {model: RN50, pretrained: openai, top_k: 20}: CLIP keeps each image's top_k classes
-    timestep_weights: null   # or a file from `diffcls fit-weights`: each error at t is multiplied by w(t)
+    timestep_weights: null   # or a file from `diffcls fit-weights` (each error at t times w(t)); SD3: sigma_sqrt | cosmap
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
     hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, min_beam: 2, patience: null, direction: center-out}
@@ -116,9 +116,10 @@ class DiffclsConfig:
         prefilter: ``None``, or the CLIP-prefiltered hybrid's options
             (:class:`~diffcls_plugin.prefilter.PrefilterOptions`): an open_clip model keeps each
             image's ``top_k`` classes and the sampler decides among them.
-        timestep_weights: ``None`` (uniform, Li et al.) or the path of a weights file written by
-            ``diffcls fit-weights`` (:mod:`diffcls_plugin.weighting`, Jeong et al. 2025): every
-            error at timestep ``t`` is multiplied by ``w(t)`` before any sampler sees it.
+        timestep_weights: ``None`` (uniform, Li et al.), the path of a weights file written by
+            ``diffcls fit-weights`` (:mod:`diffcls_plugin.weighting`, Jeong et al. 2025), or for
+            flow-matching models one of SD3's loss weightings ``sigma_sqrt`` and ``cosmap``:
+            every error at timestep ``t`` is multiplied by ``w(t)`` before any sampler sees it.
         samplers: every registered sampler's options by sampler name (``baseline``,
             ``adaptive``, ``hierarchical`` ...); samplers not given get their defaults.
     """
@@ -212,10 +213,10 @@ class DiffclsConfig:
         if self.timestep_weights is not None:
             if not isinstance(self.timestep_weights, (str, os.PathLike)):
                 raise DiffclsError(f"timestep_weights must be null or the path of a weights file, got {self.timestep_weights!r}")
-            from diffcls_plugin.weighting import load_weights
+            from diffcls_plugin.weighting import is_scheme, load_weights
 
-            weights = load_weights(self.timestep_weights)
-            if weights.num_train_timesteps != num_train_timesteps:
+            weights = None if is_scheme(self.timestep_weights) else load_weights(self.timestep_weights)
+            if weights is not None and weights.num_train_timesteps != num_train_timesteps:
                 raise DiffclsError(
                     f"timestep_weights {str(self.timestep_weights)!r} were fitted on a {weights.num_train_timesteps}-step schedule, "
                     f"this model has {num_train_timesteps}; fit them for this model with `diffcls fit-weights`"

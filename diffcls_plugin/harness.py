@@ -349,11 +349,12 @@ def prepare_run(args) -> RunContext:
     check_checkpoint_offline(checkpoint, config.allow_pickle)
     from diffcls_plugin.adapters import family_of
 
-    family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here
+    family = family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here
     check_image_size(checkpoint, config.image_size)
-    if config.timestep_weights is not None:
-        from diffcls_plugin.weighting import load_weights
+    from diffcls_plugin.weighting import check_scheme_family, is_scheme, load_weights
 
+    check_scheme_family(config.timestep_weights, family)
+    if config.timestep_weights is not None and not is_scheme(config.timestep_weights):
         meta = load_weights(config.timestep_weights).meta
         if meta.get("dataset") == args.dataset and meta.get("split") == args.split:
             print(

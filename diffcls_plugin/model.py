@@ -140,9 +140,10 @@ class DiffusionClassifier(nn.Module):
         self.options = self.config.sampler_options(sampler)
         self.timestep_weights = None  # TimestepWeights when the config names a weights file
         if self.config.timestep_weights is not None:
-            from diffcls_plugin.weighting import load_weights
+            from diffcls_plugin.weighting import is_scheme, load_weights, scheme_weights
 
-            self.timestep_weights = load_weights(self.config.timestep_weights)
+            value = self.config.timestep_weights
+            self.timestep_weights = scheme_weights(value, adapter) if is_scheme(value) else load_weights(value)
         self.seed = int(seed)
         self.checkpoint = checkpoint
         self.model_name = model_name or sampler

@@ -39,6 +39,39 @@ from diffcls_plugin.errors import DiffclsError
 
 FORMAT = "diffcls-timestep-weights/1"
 METHODS = ("per-timestep", "poly")
+# SD3's training loss weightings (Esser et al. 2024), as diffusers' compute_loss_weighting_for_sd3
+# computes them and Jeong et al.'s code offers them (--time_weighting): flow-matching models only
+SCHEMES = ("sigma_sqrt", "cosmap")
+FLOW_FAMILIES = ("sd3",)
+
+
+def is_scheme(value) -> bool:
+    """Whether a ``timestep_weights`` value names a built-in scheme rather than a file."""
+    return value in SCHEMES or value == "uniform"
+
+
+def check_scheme_family(value, family: str) -> None:
+    """Refuse an SD3 loss weighting for a model that is not a flow-matching one (before it loads)."""
+    if value in SCHEMES and family not in FLOW_FAMILIES:
+        raise DiffclsError(
+            f"timestep_weights: {value} is a weighting of SD3's flow-matching loss (sigma-based) and this checkpoint is a "
+            f"{family!r} model; use a file from `diffcls fit-weights` (any family) or timestep_weights: null"
+        )
+
+
+def scheme_weights(value: str, adapter) -> TimestepWeights | None:
+    """The weights of a built-in scheme over every training timestep of ``adapter`` (``None``: uniform)."""
+    if value == "uniform":
+        return None
+    check_scheme_family(value, getattr(adapter, "family", "sd"))
+    import torch
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    steps = torch.arange(adapter.num_train_timesteps)
+    sigmas = adapter.sigma(steps).double().clamp_min(1e-6)  # sigma_sqrt is 1 / sigma^2
+    weights = compute_loss_weighting_for_sd3(value, sigmas).double()
+    return TimestepWeights.normalised(steps.tolist(), weights.tolist(), adapter.num_train_timesteps,
+                                      {"scheme": value, "source": "diffusers.training_utils.compute_loss_weighting_for_sd3"})
 
 
 @dataclass(frozen=True)

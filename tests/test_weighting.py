@@ -152,3 +152,30 @@ def test_fit_weights_cli_refuses_bad_input_before_loading_anything(tmp_path):
     assert result.exit_code != 0 and "--n-timesteps must be at least 2" in result.output
     result = runner.invoke(cli, ["fit-weights", "--dataset", "wds/digits", "--out", str(tmp_path / "no" / "w.json")])
     assert result.exit_code != 0 and "does not exist; create it first" in result.output
+
+
+@pytest.mark.parametrize("scheme", ["cosmap", "sigma_sqrt"])
+def test_sd3_loss_weightings_follow_the_flow_matching_sigmas(tiny_sd3, scheme):
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    config = DiffclsConfig(timestep_weights=scheme, resume=False)
+    model = load_classifier("diffusion-baseline", str(tiny_sd3), config=config, progress=False, store=False)
+    w = model.timestep_weights
+    assert w.meta["scheme"] == scheme and len(w.timesteps) == 1000
+    steps = torch.tensor([0, 250, 500, 999])
+    expected = compute_loss_weighting_for_sd3(scheme, model.adapter.sigma(steps).double().clamp_min(1e-6)).double()
+    got = torch.tensor([w.at(int(t)) for t in steps], dtype=torch.float64)
+    assert torch.allclose(got / got[2], expected / expected[2], rtol=1e-6)  # the same curve, up to the mean-1 scale
+    assert w.at(0) > w.at(999)  # both emphasise the clean end of the flow
+
+
+def test_sd3_loss_weightings_are_refused_for_an_epsilon_model_before_it_loads(tmp_path):
+    (tmp_path / "run.yaml").write_text("timestep_weights: cosmap\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", "tiny-digits",
+         "--dataset", "wds/digits", "--dataset_root", str(tmp_path), "--output", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")},
+    )
+    assert run.returncode != 0
+    assert "cosmap is a weighting of SD3's flow-matching loss" in run.stderr and "'sd' model" in run.stderr
+    assert "Loading weights" not in run.stderr
