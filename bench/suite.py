@@ -92,6 +92,9 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     configs += [("hierarchical", preset("hierarchical", "paper"))]
     race = itertools.product((0.2, 0.1, 0.05, 0.02, 0.01, 0.001), (2, 3, 4), ("stratified", "center-out", "descending"))
     configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o)) for a, m, o in race]
+    # the race after a first-slot screen (keep half or a third of the classes): a lower cost floor
+    screened = itertools.product((0.5, 0.3), (0.2, 0.05, 0.01), (2, 4))
+    configs += [("race", RaceOptions(alpha=a, min_slots=m, screen=f)) for f, a, m in screened]
     # Clark & Jaini's own p = 2e-3 (20 to 2000 rounds, the `clark-jaini` preset) is left out: on
     # these pairs its fresh random timesteps cost more than the whole 32-timestep grid per image
     ttest = itertools.product((0.1, 0.05, 0.02), (4, 8), (7.0, 0.0))

@@ -113,6 +113,8 @@ def test_ttest_draws_and_p_values():
         (RaceOptions(alpha=0.7), "race.alpha"),
         (RaceOptions(min_slots=1), "race.min_slots"),
         (RaceOptions(order="random"), "race.order"),
+        (RaceOptions(screen=0), "race.screen"),
+        (RaceOptions(screen=1.5), "race.screen"),
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
         (TTestOptions(weight_rate=float("nan")), "ttest.weight_rate"),
@@ -139,3 +141,27 @@ def noisy_of(scorer, c, t):
     from test_samplers import noisy
 
     return noisy(c, t, 0, scorer.seed)
+
+
+def test_screened_race_keeps_a_clear_winner_and_cuts_the_first_slot_to_the_best_classes():
+    for seed in range(4):
+        for true in (0, 13, 25):
+            scorer = Recorder(planted(26, true, gap=1.0), jitter=0.05, seed=seed)
+            result = classify(race(26, RaceOptions(screen=0.3)), scorer)
+            assert result.prediction == true
+            first = scorer.calls[0]
+            assert len(first) == 26 and len({t for _, t, _ in first}) == 1  # one slot, every class
+            raced = {c for call in scorer.calls[1:] for c, _, _ in call}
+            assert len(raced) <= 8 and true in raced  # ceil(0.3 * 26) = 8 classes race on
+            # the screened-out classes rank below the racers, in their first-slot order
+            out = [c for c in result.ranking if c not in raced]
+            errors = {c: e for (c, _, _), e in zip(first, [scorer.base[c] + 0.05 * noisy_of(scorer, c, first[0][1]) for c, _, _ in first])}
+            assert out == sorted(out, key=lambda c: (errors[c], c))
+            assert list(result.ranking[: len(raced)]) == [c for c in result.ranking if c in raced]
+
+
+def test_screen_of_one_is_the_plain_race():
+    for seed in range(3):
+        a = classify(race(10, RaceOptions(screen=1.0)), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
+        b = classify(race(10, RaceOptions()), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
+        assert a == b
