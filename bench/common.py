@@ -43,3 +43,19 @@ def write(out: Path, name: str, data: dict, markdown: str) -> None:
     (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown)
     print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+def add_gpu_flags(parser, tiny_help: str) -> None:
+    """The GPU benchmarks' smoke-test flags: ``--tiny`` (small models) and ``--allow-cpu``."""
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
+    parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (only with --tiny; numbers mean nothing)")
+
+
+def gpu_device(parser, args, name: str) -> torch.device | None:
+    """CUDA when present; the CPU only for a ``--tiny --allow-cpu`` smoke test; ``None``: nothing to run."""
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print(f"{name}: no CUDA device here; nothing to measure (run it on a machine with a GPU).")
+        return None
+    if args.allow_cpu and not args.tiny:
+        parser.error("--allow-cpu needs --tiny: the full-size models on a CPU would take hours")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import add_gpu_flags, gpu_device  # noqa: E402
+
 # text encoders, from each checkpoint's text_encoder*/config.json
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu")
 CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280, hidden_act="gelu")
@@ -47,7 +50,6 @@ VAES = {"sd2-base": dict(sample_size=768, scaling_factor=0.18215),
 
 
 def denoiser_config(arch: str, tiny: bool) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))
     from gpu_throughput import ARCHS
 
     _, config, tiny_config, _ = ARCHS[arch]
@@ -148,15 +150,11 @@ def main() -> int:
     parser.add_argument("--unet-batch-size", type=int, default=64)
     parser.add_argument("--dtype", default="bf16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--work", default=None, help="folder for the saved pipelines (default: a temporary one)")
-    parser.add_argument("--tiny", action="store_true", help="tiny pipelines of the same families, to smoke-test this script")
-    parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (only with --tiny)")
+    add_gpu_flags(parser, "tiny pipelines of the same families, to smoke-test this script")
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.allow_cpu:
-        print("gpu-end-to-end: no CUDA device here; nothing to measure (run it on a machine with a GPU).")
+    device = gpu_device(parser, args, "gpu-end-to-end")
+    if device is None:
         return 0
-    if args.allow_cpu and not args.tiny:
-        parser.error("--allow-cpu needs --tiny")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="diffcls-e2e-"))

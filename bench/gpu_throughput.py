@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from common import add_gpu_flags, gpu_device
+
 # Stable Diffusion 2 base (stabilityai/stable-diffusion-2-base), unet/config.json
 SD2_BASE_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -161,19 +163,14 @@ def main() -> int:
     parser.add_argument("--compile", default="off,on", help="off, on, or off,on")
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per configuration")
     parser.add_argument("--arch", default="sd2-base,sdxl-base,sd3-medium", help=f"comma-separated, from {', '.join(ARCHS)}")
-    parser.add_argument("--tiny", action="store_true", help="tiny denoisers of the same kinds, to smoke-test this script")
-    parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (only with --tiny; numbers mean nothing)")
+    add_gpu_flags(parser, "tiny denoisers of the same kinds, to smoke-test this script")
     args = parser.parse_args()
-
-    if not torch.cuda.is_available() and not args.allow_cpu:
-        print("gpu-throughput: no CUDA device here; nothing to measure (run it on a machine with a GPU).")
+    device = gpu_device(parser, args, "gpu-throughput")
+    if device is None:
         return 0
-    if args.allow_cpu and not args.tiny:
-        parser.error("--allow-cpu needs --tiny: the full sweeps on a CPU would take hours")
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
