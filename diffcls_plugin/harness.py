@@ -179,6 +179,50 @@ def load_open_clip(model_name: str, pretrained: str | None, device):
     return model, size, mean, std, open_clip.get_tokenizer(model_name)
 
 
+def check_prefilter(model_name: str, pretrained: str | None) -> None:
+    """The prefilter's open_clip model and weights exist (and, offline, are in the local cache),
+    checked before any weights load. Raises :class:`DiffclsError` naming the fix."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    from diffcls_plugin.errors import closest
+
+    models = open_clip.list_models()
+    if model_name not in models:
+        hint = closest(model_name, models)
+        did = f" Did you mean {hint!r}?" if hint else ""
+        raise DiffclsError(f"prefilter.model {model_name!r} is not an open_clip model.{did} See open_clip.list_models()")
+    if pretrained is None:
+        return
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return
+    tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        raise DiffclsError(
+            f"prefilter.pretrained {pretrained!r} is neither a weights file nor a pretrained tag of {model_name} "
+            f"(its tags: {', '.join(tags) or 'none'}); fix the tag or the file path"
+        )
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        return  # weights that are not cached yet download when the prefilter loads
+    cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained)
+    found = False
+    if cfg.get("hf_hub"):
+        try:
+            found = bool(oc_pretrained.download_pretrained(cfg))  # offline: the cached file or an error, no network
+        except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, FileNotFoundError ...
+            found = False
+    elif cfg.get("url"):
+        found = os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"])))
+    if not found:
+        raise DiffclsError(
+            f"prefilter: the open_clip weights {model_name} / {pretrained} are not in the local cache and HF_HUB_OFFLINE is set; "
+            f"download them once with network access (python -c \"import open_clip; open_clip.create_model_and_transforms("
+            f"'{model_name}', pretrained='{pretrained}')\") or give prefilter.pretrained a local weights file"
+        )
+
+
 def is_diffusion_model(model_type: str, model_name: str) -> bool:
     return model_type == MODEL_TYPE or str(model_name).startswith(MODEL_PREFIX)
 
@@ -347,6 +391,8 @@ def prepare_run(args) -> RunContext:
             )
             args.num_workers = n_shards
     check_checkpoint_offline(checkpoint, config.allow_pickle)
+    if config.prefilter is not None:
+        check_prefilter(config.prefilter.model, config.prefilter.pretrained)
     from diffcls_plugin.adapters import family_of
 
     family = family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here

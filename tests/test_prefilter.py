@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -98,3 +101,46 @@ def test_prefilter_options_are_checked():
 
     with pytest.raises(DiffclsError, match=r"prefilter.model 'RN51' is not an open_clip model"):
         ClipPrefilter(PrefilterOptions("RN51", None, 3))
+
+
+def _check_in_subprocess(tmp_path, model: str, tag: str) -> subprocess.CompletedProcess:
+    """check_prefilter with an empty (or planted) hub cache under HF_HOME, offline."""
+    code = f"from diffcls_plugin.harness import check_prefilter; check_prefilter({model!r}, {tag!r}); print('ok')"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_prefilter_names_are_checked_before_anything_loads():
+    from diffcls_plugin.harness import check_prefilter
+
+    with pytest.raises(DiffclsError, match=r"'RN5' is not an open_clip model\. Did you mean 'RN50'\?"):
+        check_prefilter("RN5", "openai")
+    with pytest.raises(DiffclsError, match=r"'openia' is neither a weights file nor a pretrained tag of RN50 \(its tags: openai"):
+        check_prefilter("RN50", "openia")
+    check_prefilter(TINY_CLIP, None)  # random weights: nothing to find
+
+
+def test_offline_prefilter_weights_must_be_in_the_local_cache(tmp_path):
+    missing = _check_in_subprocess(tmp_path, "RN50", "openai")
+    assert missing.returncode != 0
+    assert "RN50 / openai are not in the local cache and HF_HUB_OFFLINE is set" in missing.stderr
+    # the same weights planted in the hub cache layout (refs/main -> a snapshot holding the file) pass
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet50_clip.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "open_clip_model.safetensors").write_bytes(b"planted")
+    found = _check_in_subprocess(tmp_path, "RN50", "openai")
+    assert found.returncode == 0 and found.stdout.strip() == "ok", found.stderr[-1500:]
+
+
+def test_a_bad_prefilter_stops_a_harness_run_before_the_diffusion_weights_load(tmp_path, tiny_sd):
+    (tmp_path / "run.yaml").write_text("prefilter: {model: RN50, pretrained: openia, top_k: 3}\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", str(tiny_sd),
+         "--dataset", "wds/tiny", "--dataset_root", str(tmp_path), "--output", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")},
+    )
+    assert run.returncode != 0
+    assert "'openia' is neither a weights file nor a pretrained tag of RN50" in run.stderr
+    assert "Loading weights" not in run.stderr
