@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,20 +28,9 @@ import time
 from pathlib import Path
 
 from common import RESULTS, environment
+from diffcls_plugin.store import committed
 
 MODEL = "diffusion-baseline"
-
-
-def rows(path: Path) -> int:
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
 
 
 def main() -> None:
@@ -86,11 +74,11 @@ def main() -> None:
     store = work / "cache-killed" / "outcomes.sqlite"
     start = time.perf_counter()
     killed = subprocess.Popen([*eval_, *command("killed.json")], env=env("cache-killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while rows(store) < args.kill_at and killed.poll() is None:
+    while committed(store) < args.kill_at and killed.poll() is None:
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    killed_s, done = time.perf_counter() - start, rows(store)
+    killed_s, done = time.perf_counter() - start, committed(store)
     resumed_s, resumed = timed([*eval_, *command("resumed.json")], env("cache-killed"))
     record["killed"] = {"seconds_until_kill": killed_s, "images_committed": done}
     record["resumed"] = {"seconds": resumed_s, "metrics": resumed["metrics"], "computed": resumed["diffcls"]["computed"],

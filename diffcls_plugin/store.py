@@ -217,3 +217,18 @@ class OutcomeStore:
         if run is None:
             return int(self._db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
         return int(self._db.execute("SELECT COUNT(*) FROM outcomes WHERE run = ?", (run,)).fetchone()[0])
+
+
+def committed(path: str | os.PathLike) -> int:
+    """Outcomes committed to the store file at ``path`` so far, read from outside the writing
+    process (0 while the file or its table does not exist yet); for watching a run."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+    finally:
+        db.close()

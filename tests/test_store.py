@@ -18,7 +18,7 @@ from conftest import CLASSNAMES, TEMPLATES, random_images
 from diffcls_plugin.config import DiffclsConfig
 from diffcls_plugin.model import load_classifier
 from diffcls_plugin.samplers import BaselineOptions, HierarchicalOptions, SamplerResult
-from diffcls_plugin.store import FILENAME, Outcome, OutcomeStore, image_key, resume_enabled
+from diffcls_plugin.store import FILENAME, Outcome, OutcomeStore, committed, image_key, resume_enabled
 
 
 def outcome(i: int) -> Outcome:
@@ -47,6 +47,7 @@ def test_outcomes_round_trip_exactly_and_the_first_writer_wins(tmp_path):
     store.close()
     reopened = OutcomeStore(tmp_path / "s.sqlite")  # committed: a new connection sees everything
     assert reopened.count() == 7
+    assert committed(tmp_path / "s.sqlite") == 7 and committed(tmp_path / "none.sqlite") == 0  # as a watcher reads it
 
 
 def _writer(path: str, offset: int, n: int) -> None:
@@ -122,18 +123,6 @@ def test_the_model_reuses_finished_images_and_reports_their_original_cost(tmp_pa
     assert fresh(DiffclsConfig(baseline=BaselineOptions(n_timesteps=6), unet_batch_size=3, hierarchical=HierarchicalOptions(beam_factor=3)))[0].run_key == first.run_key
 
 
-def _rows(path: Path) -> int:
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
-    except sqlite3.OperationalError:  # the table is not created yet
-        return 0
-    finally:
-        db.close()
-
-
 def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path, tiny_sd):
     """The real `clip_benchmark eval` killed with SIGKILL mid-run, then rerun unchanged: only the
     missing images are computed and the metrics equal an uninterrupted run's."""
@@ -156,12 +145,12 @@ def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path
     killed = subprocess.Popen(command(str(tmp_path / "killed.json")), cwd=tmp_path, env=env(cache),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while _rows(cache / FILENAME) < 4 and killed.poll() is None and time.monotonic() < deadline:
+    while committed(cache / FILENAME) < 4 and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert killed.poll() is None, "the run finished before it could be killed; give it more work"
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
-    done_before = _rows(cache / FILENAME)
+    done_before = committed(cache / FILENAME)
     assert 4 <= done_before < len(images) and not (tmp_path / "killed.json").exists()
 
     resumed = subprocess.run(command(str(tmp_path / "resumed.json")), cwd=tmp_path, env=env(cache), capture_output=True, text=True, timeout=600)
