@@ -290,21 +290,24 @@ def _existing_hash(path: Path) -> str | None:
         return None
 
 
-def _dataset_root(dataset: DatasetSpec) -> str:
-    if dataset.root is not None:
-        return os.path.expandvars(os.path.expanduser(dataset.root))
-    if dataset.name == DIGITS:
+def dataset_root(name: str, root: str | None) -> str:
+    """The ``--dataset_root`` of a dataset: ``root`` (user and variables expanded), else the
+    embedded digits' folder (written on first use) for ``wds/digits``, else the harness's ``root``."""
+    if root is not None:
+        return os.path.expandvars(os.path.expanduser(root))
+    if name == DIGITS:
         from diffcls_plugin.digits import ensure_digits_wds
 
         return str(ensure_digits_wds())
     return "root"
 
 
+
 def _argv(config: BenchmarkConfig, run: Run, out_dir: Path) -> list[str]:
     """The ``clip_benchmark eval`` command line of one cell (writes its template file, if any)."""
     argv = [
         "clip_benchmark", "eval", "--model", run.model.name, "--pretrained", run.model.pretrained,
-        "--dataset", run.dataset.name, "--dataset_root", _dataset_root(run.dataset), "--split", run.dataset.split,
+        "--dataset", run.dataset.name, "--dataset_root", dataset_root(run.dataset.name, run.dataset.root), "--split", run.dataset.split,
         "--seed", str(config.seed), "--batch_size", str(config.batch_size), "--num_workers", str(config.num_workers),
         "--output", str(run.output), "--quiet",
     ]

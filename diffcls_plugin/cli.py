@@ -214,10 +214,9 @@ def fit_weights_command(pretrained, dataset, dataset_root, split, subset_per_cla
         out = Path(out_path)
         if not out.parent.is_dir():
             raise DiffclsError(f"--out {out_path!r}: the folder {str(out.parent)!r} does not exist; create it first")
-        if dataset_root == "root" and dataset == "wds/digits":
-            from diffcls_plugin.digits import ensure_digits_wds
+        from diffcls_plugin.benchmark import dataset_root as resolve_root
 
-            dataset_root = str(ensure_digits_wds())
+        dataset_root = resolve_root(dataset, None if dataset_root == "root" else dataset_root)
         weights = fit_on_dataset(pretrained, dataset, dataset_root, split, subset=subset, n_timesteps=n_timesteps, config=config,
                                  seed=seed, batch_size=batch_size, num_workers=num_workers, method=method, degree=degree)
     except DiffclsError as err:

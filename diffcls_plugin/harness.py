@@ -165,8 +165,7 @@ def load_open_clip(model_name: str, pretrained: str | None, device):
     import open_clip
     import torch
 
-    if model_name not in open_clip.list_models():
-        raise DiffclsError(f"prefilter.model {model_name!r} is not an open_clip model; see open_clip.list_models()")
+    check_prefilter(model_name, pretrained)
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
     except Exception as err:  # noqa: BLE001 - unknown tags, failed downloads, corrupt files: one message

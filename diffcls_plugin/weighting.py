@@ -317,8 +317,7 @@ def collect_errors(model, loader, progress: bool = True):
     errors, labels = [], []
     bar = tqdm(desc="fit-weights: images", unit="img", disable=not progress)
     for pixels, targets in loader:
-        pixels = pixels.to(model.adapter.device) if hasattr(model.adapter, "device") else pixels
-        scorer = model.scorer(pixels)
+        scorer = model.scorer(pixels)  # the adapter moves the pixels to its device
         triples = [(i, c, t, 0) for i in range(len(pixels)) for c in range(n_classes) for t in grid]
         values = scorer(*map(list, zip(*triples)))
         errors.append(torch.tensor(values, dtype=torch.float64).view(len(pixels), n_classes, len(grid)))
