@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +66,13 @@ def tiny_wds(tmp_path_factory):
         tmp_path_factory.mktemp("data") / "tiny", images, labels, CLASSNAMES, TEMPLATES, n_shards=4
     )
     return root, images, labels
+
+
+def harness_eval(model: str, pretrained, dataset: str, root, output, *extra, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m clip_benchmark.cli eval` in a subprocess, as a user runs it (the plugin's hook
+    patches that entry point too); ``env`` adds to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", model, "--pretrained", str(pretrained),
+         "--dataset", dataset, "--dataset_root", str(root), "--output", str(output), *map(str, extra)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+    )

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import CLASSNAMES, TEMPLATES, random_images
+from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images
 from diffcls_plugin import register
 from diffcls_plugin.config import load_config
 from diffcls_plugin.harness import session
@@ -50,11 +50,7 @@ def test_model_type_is_registered_and_listed_in_help():
 def test_python_dash_m_runs_the_plugins_checks_too(tmp_path):
     """`python -m clip_benchmark.cli` executes the module as __main__ (never through an import): the
     hook hands it the patched module, so a bad --output is refused before any weights load."""
-    out = subprocess.run(
-        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", "tiny-digits",
-         "--dataset", "wds/digits", "--dataset_root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "missing" / "r.json")],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    out = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", tmp_path / "nowhere", tmp_path / "missing" / "r.json")
     assert out.returncode != 0
     assert "does not exist; create it first" in out.stderr, out.stderr[-1500:]
     assert "Loading weights" not in out.stderr

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CLASSNAMES, TEMPLATES, random_images
+from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images
 from diffcls_plugin.config import DiffclsConfig, load_config
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.model import load_classifier
@@ -136,11 +136,7 @@ def test_offline_prefilter_weights_must_be_in_the_local_cache(tmp_path):
 
 def test_a_bad_prefilter_stops_a_harness_run_before_the_diffusion_weights_load(tmp_path, tiny_sd):
     (tmp_path / "run.yaml").write_text("prefilter: {model: RN50, pretrained: openia, top_k: 3}\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", str(tiny_sd),
-         "--dataset", "wds/tiny", "--dataset_root", str(tmp_path), "--output", str(tmp_path / "r.json")],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")},
-    )
+    run = harness_eval("diffusion-baseline", tiny_sd, "wds/tiny", tmp_path, tmp_path / "r.json", env={"DIFFCLS_CONFIG": str(tmp_path / "run.yaml")})
     assert run.returncode != 0
     assert "'openia' is neither a weights file nor a pretrained tag of RN50" in run.stderr
     assert "Loading weights" not in run.stderr

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import CLASSNAMES, random_images
+from conftest import CLASSNAMES, harness_eval, random_images
 from diffcls_plugin.adapters import family_of, load_adapter
 from diffcls_plugin.adapters.sdxl import StableDiffusionXLAdapter
 from diffcls_plugin.config import load_config
@@ -90,11 +88,7 @@ def test_oracle_denoiser_true_class_wins(tiny_sdxl, model_name):
 
 def test_clip_benchmark_eval_runs_a_tiny_sdxl_folder_offline(tmp_path, tiny_sdxl, tiny_wds):
     root, images, _ = tiny_wds
-    proc = subprocess.run(
-        ["clip_benchmark", "eval", "--model", "diffusion-hier", "--pretrained", str(tiny_sdxl), "--dataset", "wds/tiny",
-         "--dataset_root", str(root), "--num_workers", "0", "--output", str(tmp_path / "r.json")],
-        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ), timeout=600,
-    )
+    proc = harness_eval("diffusion-hier", tiny_sdxl, "wds/tiny", root, tmp_path / "r.json", "--num_workers", 0)
     assert proc.returncode == 0, proc.stderr[-3000:]
     block = json.loads((tmp_path / "r.json").read_text())["diffcls"]
     assert block["family"] == "sdxl" and block["n_images"] == len(images) and block["n_classes"] == len(CLASSNAMES)

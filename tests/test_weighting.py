@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import harness_eval
 from diffcls_plugin.cli import main as cli
 from diffcls_plugin.config import DiffclsConfig, load_config
 from diffcls_plugin.errors import DiffclsError
@@ -134,12 +133,8 @@ def test_fit_weights_cli_then_a_harness_run_records_the_weights(tmp_path):
     # a run on the split the weights were fitted on is flagged, and the result names the weights
     (tmp_path / "run.yaml").write_text(f"timestep_weights: {out}\nbaseline: {{n_timesteps: 4}}\n")
     root = env["DIFFCLS_CACHE"] + "/digits"
-    run = subprocess.run(
-        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", "tiny-digits",
-         "--dataset", "wds/digits", "--dataset_root", root, "--num_workers", "0", "--batch_size", "120",
-         "--output", str(tmp_path / "result.json")],
-        capture_output=True, text=True, env={**env, "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")},
-    )
+    run = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", root, tmp_path / "result.json", "--num_workers", 0,
+                       "--batch_size", 120, env={**env, "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "were fitted on wds/digits split 'test', the split evaluated here" in run.stderr
     block = json.loads((tmp_path / "result.json").read_text())["diffcls"]
@@ -171,11 +166,7 @@ def test_sd3_loss_weightings_follow_the_flow_matching_sigmas(tiny_sd3, scheme):
 
 def test_sd3_loss_weightings_are_refused_for_an_epsilon_model_before_it_loads(tmp_path):
     (tmp_path / "run.yaml").write_text("timestep_weights: cosmap\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", "diffusion-baseline", "--pretrained", "tiny-digits",
-         "--dataset", "wds/digits", "--dataset_root", str(tmp_path), "--output", str(tmp_path / "r.json")],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")},
-    )
+    run = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", tmp_path, tmp_path / "r.json", env={"DIFFCLS_CONFIG": str(tmp_path / "run.yaml")})
     assert run.returncode != 0
     assert "cosmap is a weighting of SD3's flow-matching loss" in run.stderr and "'sd' model" in run.stderr
     assert "Loading weights" not in run.stderr
