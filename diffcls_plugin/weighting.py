@@ -25,6 +25,7 @@ evaluated split are tuned on it, and the run says so.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -119,7 +120,7 @@ class TimestepWeights:
             return ws[0]
         if timestep >= ts[-1]:
             return ws[-1]
-        hi = next(k for k, t in enumerate(ts) if t >= timestep)
+        hi = bisect.bisect_left(ts, timestep)  # the first grid point >= timestep (per error: the scorer's hot path)
         if ts[hi] == timestep:
             return ws[hi]
         lo = hi - 1
