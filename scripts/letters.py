@@ -1,5 +1,7 @@
 """26 capital letters rendered in the free font faces of Debian's font packages: a many-class
 task for the proxy suite (``bench/suite.py``), with training, validation and test fonts disjoint.
+``LOWERCASE`` is the same task for the 26 lowercase letters (the held-out pair of
+``bench/holdout.py``): the same families in the same splits, as far as they cover a-z.
 
 Fonts: every face fontconfig lists whose character map covers A-Z, one face per family (the
 upright regular one where the family has it), symbol, math and icon fonts left out, and families
@@ -22,15 +24,23 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from functools import lru_cache
+from functools import lru_cache, partial
+from types import SimpleNamespace
 
 import numpy as np
 
 CLASSNAMES = [chr(ord("A") + i) for i in range(26)]
+LOWERCASE_CLASSNAMES = [chr(ord("a") + i) for i in range(26)]
 # The first template is the one the classifier scores with (``prompts: first``).
 TEMPLATES = [
     "the capital letter {c}.",
     "a printed letter {c}.",
+    "the character {c}.",
+    "an image of the letter {c}.",
+]
+LOWERCASE_TEMPLATES = [
+    "the lowercase letter {c}.",
+    "a small printed letter {c}.",
     "the character {c}.",
     "an image of the letter {c}.",
 ]
@@ -52,7 +62,7 @@ def _fc_faces() -> list[tuple[str, str, str]]:
     return sorted(set(faces))
 
 
-def _covers_capitals(path: str) -> bool:
+def _covers(path: str, alphabet: tuple[str, ...]) -> bool:
     try:
         from fontTools.ttLib import TTFont
 
@@ -60,7 +70,7 @@ def _covers_capitals(path: str) -> bool:
         cmap = font.getBestCmap() or {}
     except Exception:  # noqa: BLE001 - Type 1 or unreadable: let the renderer decide
         return path.lower().endswith((".pfb", ".t1"))
-    return all(ord(c) in cmap for c in CLASSNAMES)
+    return all(ord(c) in cmap for c in alphabet)
 
 
 def _style_rank(style: str) -> tuple[int, str]:
@@ -97,9 +107,10 @@ def render(path: str, letter: str, height: float = 22.0, dx: float = 0.0, dy: fl
     return out.convert("RGB")
 
 
-@lru_cache(maxsize=1)
-def fonts() -> dict[str, list[tuple[str, str]]]:
-    """``{split: [(family, font file), ...]}``, families sorted by name within each split."""
+@lru_cache(maxsize=2)
+def fonts(alphabet: tuple[str, ...] = tuple(CLASSNAMES)) -> dict[str, list[tuple[str, str]]]:
+    """``{split: [(family, font file), ...]}``, families sorted by name within each split; only
+    families covering ``alphabet``, and none whose renders of it repeat an earlier family's."""
     by_family: dict[str, list[tuple[str, str]]] = {}
     for family, style, path in _fc_faces():
         if any(word in family.lower() for word in _SKIP):
@@ -109,10 +120,10 @@ def fonts() -> dict[str, list[tuple[str, str]]]:
     seen: set[str] = set()
     for family in sorted(by_family):
         style, path = min(by_family[family], key=lambda sp: (_style_rank(sp[0]), sp[1]))
-        if not _covers_capitals(path):
+        if not _covers(path, alphabet):
             continue
         try:
-            digest = hashlib.sha256(b"".join(np.asarray(render(path, c)).tobytes() for c in CLASSNAMES)).hexdigest()
+            digest = hashlib.sha256(b"".join(np.asarray(render(path, c)).tobytes() for c in alphabet)).hexdigest()
         except Exception:  # noqa: BLE001 - a face PIL cannot render is skipped
             continue
         if digest in seen:
@@ -127,7 +138,9 @@ def fonts() -> dict[str, list[tuple[str, str]]]:
     return splits
 
 
-def load_split(name: str, seed: int = 0, variants: int = 3, max_families: int | None = None) -> tuple[list, np.ndarray]:
+def load_split(
+    name: str, seed: int = 0, variants: int = 3, max_families: int | None = None, classnames: list[str] = CLASSNAMES
+) -> tuple[list, np.ndarray]:
     """Images and labels of a split. ``train``: ``variants`` renders per (font, letter) with
     random height (18-26 px) and offset (+-2 px); ``val`` / ``test``: one centred 22 px render.
     ``max_families``: only the first families of the split, by name."""
@@ -135,8 +148,8 @@ def load_split(name: str, seed: int = 0, variants: int = 3, max_families: int | 
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    for _family, path in fonts()[name][:max_families]:
-        for y, letter in enumerate(CLASSNAMES):
+    for _family, path in fonts(tuple(classnames))[name][:max_families]:
+        for y, letter in enumerate(classnames):
             if name == "train":
                 for _ in range(variants):
                     h, dx, dy = rng.uniform(18, 26), rng.uniform(-2, 2), rng.uniform(-2, 2)
@@ -148,6 +161,16 @@ def load_split(name: str, seed: int = 0, variants: int = 3, max_families: int | 
     return images, np.asarray(labels, dtype=np.int64)
 
 
-def split_indices(seed: int = 0) -> dict[str, list[str]]:
+def split_indices(seed: int = 0, classnames: list[str] = CLASSNAMES) -> dict[str, list[str]]:
     """The font families of each split (the split is by family, not by image)."""
-    return {s: [f for f, _ in v] for s, v in fonts().items()}
+    return {s: [f for f, _ in v] for s, v in fonts(tuple(classnames)).items()}
+
+
+# the lowercase task, with the attributes scripts/train_tiny_digits.py and make_proxy_data.py use
+LOWERCASE = SimpleNamespace(
+    CLASSNAMES=LOWERCASE_CLASSNAMES,
+    TEMPLATES=LOWERCASE_TEMPLATES,
+    IMAGE_SIZE=IMAGE_SIZE,
+    load_split=partial(load_split, classnames=LOWERCASE_CLASSNAMES),
+    split_indices=partial(split_indices, classnames=LOWERCASE_CLASSNAMES),
+)

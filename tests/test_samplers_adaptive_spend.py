@@ -23,6 +23,8 @@ def planted(n_classes: int, true: int, gap: float) -> list[float]:
 
 SAMPLERS = {
     "race": lambda n, o=None: race(n, o or RaceOptions()),
+    "race-pooled": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05)),
+    "race-pooled-middle": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, max_slots=16, screen=0.5)),
     "ttest": lambda n, o=None: ttest(n, o or TTestOptions(min_samples=4, max_samples=64)),
 }
 
@@ -35,10 +37,11 @@ def test_never_eliminates_the_true_class_when_the_gap_is_large(name, seed):
         result = classify(SAMPLERS[name](26), scorer)
         assert result.prediction == true
         assert result.stop_reason == "beam"
-        # every class the sampler scored was scored at the true class's first slots too (paired)
-        first = scorer.pairs_of(true)[: 2]
+        # paired: every class's slots are the first slots of the true class's, in the same order
+        kept = scorer.pairs_of(true)
         for c in range(26):
-            assert scorer.pairs_of(c)[:2] == first
+            seen = scorer.pairs_of(c)
+            assert seen and seen == kept[: len(seen)]
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -51,12 +54,13 @@ def test_spends_more_on_close_calls_than_on_easy_ones(name):
     assert sorted(close)[len(close) // 2] > max(easy), (easy, close)  # the median close call costs more
 
 
-def test_race_that_cannot_eliminate_equals_the_baseline():
+@pytest.mark.parametrize("variance", ["per-class", "pooled"])
+def test_race_that_cannot_eliminate_equals_the_baseline(variance):
     for seed in range(4):
         for n_noises in (1, 2):
             scorer_a = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
             scorer_b = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
-            a = classify(race(10, RaceOptions(alpha=0, n_noises=n_noises, order="stratified")), scorer_a)
+            a = classify(race(10, RaceOptions(alpha=0, n_noises=n_noises, order="stratified", variance=variance)), scorer_a)
             b = classify(baseline(10, BaselineOptions(n_timesteps=32, n_trials=n_noises)), scorer_b)
             assert a.ranking == b.ranking
             assert a.scores == b.scores
@@ -115,6 +119,8 @@ def test_ttest_draws_and_p_values():
         (RaceOptions(order="random"), "race.order"),
         (RaceOptions(screen=0), "race.screen"),
         (RaceOptions(screen=1.5), "race.screen"),
+        (RaceOptions(variance="shared"), "race.variance"),
+        (RaceOptions(max_slots=33), "race.max_slots"),
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
         (TTestOptions(weight_rate=float("nan")), "ttest.weight_rate"),
@@ -165,3 +171,41 @@ def test_screen_of_one_is_the_plain_race():
         a = classify(race(10, RaceOptions(screen=1.0)), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
         b = classify(race(10, RaceOptions()), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
         assert a == b
+
+
+def test_pooled_variance_decides_after_fewer_slots_than_per_class_variances():
+    # an easy image: per-class bounds rest on one difference after two slots and must wait, the
+    # pooled bound rests on one per class and eliminates at once; both keep the true class
+    per_class, pooled = [], []
+    for seed in range(12):
+        for variance, spent in (("per-class", per_class), ("pooled", pooled)):
+            scorer = Recorder(planted(10, 6, gap=0.3), jitter=0.3, seed=seed)
+            result = classify(race(10, RaceOptions(variance=variance, min_slots=2, alpha=0.05)), scorer)
+            assert result.prediction == 6
+            spent.append(result.n_evals)
+    assert min(pooled) >= 2 * 10  # nothing is eliminated before every class has two slots
+    # what each spends beyond those two slots: the pooled race less than half the per-class one's
+    assert sum(n - 20 for n in pooled) < 0.5 * sum(n - 20 for n in per_class), (pooled, per_class)
+
+
+@pytest.mark.parametrize("variance", ["per-class", "pooled"])
+def test_capped_race_decides_as_the_baseline_on_its_population(variance):
+    # max_slots: the population is the first k slots (center-out: the middle of the grid). A near
+    # tie between classes 1 and 2 runs to the cap, where the race must pick the baseline's winner
+    # on exactly those k timesteps (the finite-population bound counts k slots, so it reaches 0)
+    grid = li_timesteps(1000, 32)
+    base = [1.0, 0.0, 0.002, 1.0, 1.0, 1.0]
+    for k in (8, 16):
+        middle = sorted(grid[i] for i in visit_order(32, "center-out")[:k])
+        for seed in range(4):
+            scorer = Recorder(base, jitter=0.3, seed=seed)
+            result = classify(race(6, RaceOptions(alpha=0.001, max_slots=k, variance=variance)), scorer)
+            visited = sorted({t for _, t, _ in scorer.triples})
+            assert set(visited) <= set(middle)
+            survivors = [c for c in range(6) if len(scorer.pairs_of(c)) == len(visited)]
+            if result.stop_reason == "budget":
+                assert visited == middle
+                means = {c: sum(base[c] + 0.3 * noisy_of(scorer, c, t) for t in middle) / k for c in survivors}
+                assert result.prediction == min(means, key=lambda c: (means[c], c))
+            assert result.prediction in (1, 2)
+            assert result.n_evals < 6 * k

@@ -12,7 +12,13 @@ its paired difference to the current leader ``L``,
 
 and eliminates ``c`` once ``mean(d_c) - q * se_c > 0`` with ``q`` Student's t quantile at
 ``1 - alpha`` (``n - 1`` degrees of freedom): ``c`` is then confidently behind the leader on the
-*whole* grid, which is what the baseline would decide. It stops when one class is left or the
+*whole* grid, which is what the baseline would decide. With ``variance: pooled`` the ``s_c^2`` of
+all survivors but the leader are averaged into one estimate with ``(k - 1)(n - 1)`` degrees of
+freedom (``k`` survivors): after two slots one class's variance rests on a single difference, far
+too unreliable to act on, while the pooled one rests on one per class, so the race can start
+eliminating at two slots instead of four. With ``max_slots`` the population is the first
+``max_slots`` slots of the visit order (with ``order: center-out``, the middle of the grid), and the
+race estimates the decision of the baseline on exactly those. It stops when one class is left or the
 population is exhausted; at that point ``se = 0`` and the prediction is exactly the baseline's
 among the survivors. So easy images cost a few slots of all classes, close calls cost more, and
 ``alpha = 0`` never eliminates: the result is the baseline's, evaluation for evaluation.
@@ -33,6 +39,7 @@ from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, li_timest
 from diffcls_plugin.samplers.options import SamplerOptions
 
 ORDERS = ("stratified", "ascending", "descending", "center-out")
+VARIANCES = ("per-class", "pooled")
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,11 @@ class RaceOptions(SamplerOptions):
         alpha: one-sided error level of each elimination (smaller is more careful and costs
             more). ``0`` never eliminates: the result equals the baseline's.
         min_slots: slots every class is scored at before the first elimination (>= 2).
-        max_slots: a hard cap on the slots visited (``None``: all of them); at the cap the
-            prediction is the survivor with the lowest mean error. With ``alpha: 0`` and
-            ``order: stratified`` this is the baseline on an evenly spaced sub-grid.
+        max_slots: the population is the first ``max_slots`` slots of the visit order
+            (``None``: all of them); at the cap the prediction is the survivor with the lowest mean
+            error over them, and the finite-population correction counts ``max_slots`` slots.
+            With ``order: center-out`` it is the middle of the grid; with ``alpha: 0`` and
+            ``order: stratified`` the race is the baseline on an evenly spaced sub-grid.
         order: the order slots are visited in: ``center-out`` (nearest the middle of the grid
             first, alternating above and below; the default), ``stratified`` (van der Corput
             order starting at the middle: every prefix is spread evenly over the noise levels),
@@ -57,6 +66,10 @@ class RaceOptions(SamplerOptions):
             least two; the rest rank below the race's classes in that slot's order), before the
             race proper starts; ``1`` (the default) screens nothing. A hierarchical-style first
             cut that lowers the race's cost floor when classes are many or the budget is small.
+        variance: how each elimination's standard error is estimated: ``per-class`` (each
+            class's own paired differences to the leader, ``n - 1`` degrees of freedom) or
+            ``pooled`` (those variances averaged over the survivors, ``(k - 1)(n - 1)`` degrees of
+            freedom; decisive after fewer slots).
     """
 
     section = "race"
@@ -69,6 +82,7 @@ class RaceOptions(SamplerOptions):
     max_slots: int | None = None
     order: str = "center-out"
     screen: float = 1.0
+    variance: str = "per-class"
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         self._check_int("n_timesteps", 1, num_train_timesteps)
@@ -84,6 +98,8 @@ class RaceOptions(SamplerOptions):
         f = self.screen
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
             raise self._fail("screen", f"must be a fraction in (0, 1] of the classes kept after the first slot, got {f!r}")
+        if self.variance not in VARIANCES:
+            raise self._fail("variance", f"must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
 
 
 def _van_der_corput(k: int) -> float:
@@ -126,14 +142,6 @@ def t_quantile(p: float, dof: int) -> float:
     return float(student_t.ppf(p, dof))
 
 
-def paired_bound(diffs: list[float], n_total: int) -> tuple[float, float]:
-    """Mean of paired differences and its finite-population standard error (``n_total`` slots)."""
-    n = len(diffs)
-    mean, var = paired_moments(diffs)
-    fpc = max(0.0, (n_total - n) / n_total)
-    return mean, math.sqrt(var / n * fpc)
-
-
 def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) -> Sampler:
     """Score survivors slot by slot; eliminate classes confidently behind the leader.
 
@@ -145,8 +153,7 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
     options.validate(num_train_timesteps)
     grid = li_timesteps(num_train_timesteps, options.n_timesteps)  # (n_timesteps,) ascending
     slots = [(grid[i], n) for i in visit_order(len(grid), options.order) for n in range(options.n_noises)]
-    n_total = len(slots)
-    n_cap = n_total if options.max_slots is None else options.max_slots
+    n_cap = len(slots) if options.max_slots is None else options.max_slots  # the population's size
     evals = Evaluations()
     alive = list(range(n_classes))
     pruned: list[list[int]] = []
@@ -163,14 +170,14 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
     stop_reason = "schedule"
     while True:
         if len(alive) > 1 and options.alpha > 0 and n_seen >= 2:
-            alive, out = _eliminate(alive, slots[:n_seen], n_total, evals, options.alpha)
+            alive, out = _eliminate(alive, slots[:n_seen], n_cap, evals, options.alpha, options.variance == "pooled")
             if out:
                 pruned.append(out)
         if len(alive) == 1 and n_classes > 1:
             stop_reason = "beam"
             break
         if n_seen >= n_cap:
-            stop_reason = "schedule" if n_cap == n_total else "budget"
+            stop_reason = "schedule" if n_cap == len(slots) else "budget"
             break
         t, n = slots[n_seen]
         n_seen += 1
@@ -179,17 +186,22 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
 
 
 def _eliminate(
-    alive: list[int], seen: list[tuple[int, int]], n_total: int, evals: Evaluations, alpha: float
+    alive: list[int], seen: list[tuple[int, int]], n_total: int, evals: Evaluations, alpha: float, pooled: bool = False
 ) -> tuple[list[int], list[int]]:
     """Split the survivors into those kept and those confidently behind the leader."""
     order = order_by_score(alive, evals)  # best first; all survivors share the slots seen
     leader = order[0]
     lead = [evals.error(leader, t, n) for t, n in seen]
     n = len(seen)
-    q = t_quantile(1.0 - alpha, n - 1) if n < n_total else 0.0
+    moments = [paired_moments([evals.error(c, t, k) - e for (t, k), e in zip(seen, lead)]) for c in order[1:]]
+    dof = n - 1
+    if pooled:
+        pooled_var = sum(var for _, var in moments) / len(moments)
+        moments = [(mean, pooled_var) for mean, _ in moments]
+        dof *= len(moments)
+    q = t_quantile(1.0 - alpha, dof) if n < n_total else 0.0
+    fpc = max(0.0, (n_total - n) / n_total)
     keep, out = [leader], []
-    for c in order[1:]:
-        diffs = [evals.error(c, t, k) - e for (t, k), e in zip(seen, lead)]
-        mean, se = paired_bound(diffs, n_total)
-        (out if mean - q * se > 0 else keep).append(c)
+    for c, (mean, var) in zip(order[1:], moments):
+        (out if mean - q * math.sqrt(var / n * fpc) > 0 else keep).append(c)
     return keep, out

@@ -1,0 +1,154 @@
+"""The held-out pair: the suite's choices, read once on a model and data no choice has seen.
+
+``bench/suite.py`` chooses every setting on the validation splits of its four pairs, and reports
+on their test splits; but those test splits have been read while the samplers were being built,
+so a reader cannot tell how much of what they show was fitted to them. This script reads one more
+pair, kept out of the suite and out of every choice: ``tiny-lowercase-early`` (26 lowercase
+letters, trained by the letters recipe on the training font families) on ``lowercase-fonts`` (the
+lowercase letters of held-out families, clean). It evaluates
+
+- every sampler's shipped defaults, and baseline-1 / baseline-32, and
+- per sampler and budget, the configuration the defaults' rule picks on all four suite pairs'
+  validation splits,
+
+all read from ``bench/results/suite.json`` (nothing is chosen here), first on the pair's
+validation split (only to check that the pair is as hard as the suite's: baseline-1 at least 15
+points below baseline-32), then on its test split. Writes ``bench/results/holdout.{json,md}``.
+
+    python bench/holdout.py --check   # the validation split only
+    python bench/holdout.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from common import RESULTS, environment
+from diffcls_plugin.config import load_config
+from diffcls_plugin.model import load_classifier
+from proxies import HOLDOUT
+from suite import BUDGETS, FAMILIES, ErrorTable, choose, evaluate, mcnemar_p, options_from, read_split, short, time_configs
+
+GOAL_RACE = (0.25, 0.5)  # the race's goal: within 0.5 point of baseline-32 at <= 1/4 of its evaluations
+
+
+def configurations(suite: dict) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    """The shipped defaults' keys, and per sampler and budget the rule's pick on the suite's pairs."""
+    headline = dict(suite["summary"]["headline_keys"])
+    pairs = suite["pairs"]
+    budgets = {f: {str(b): choose(pairs, f, budget=b, strict=True) for b in BUDGETS} for f in FAMILIES}
+    return headline, budgets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default=str(RESULTS / "suite.json"), help="the suite's record, where every choice comes from")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--time-images", type=int, default=48)
+    parser.add_argument("--check", action="store_true", help="the validation split's hardness check only; the test split is not read")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    suite = json.loads(Path(args.suite).read_text())
+    headline, budgets = configurations(suite)
+    rows0 = suite["pairs"][0]["splits"]["val"]["rows"]
+    keys = dict.fromkeys([*headline.values(), *(k for per in budgets.values() for k in per.values() if k)])
+    configs = {k: (rows0[k]["sampler"], options_from(rows0[k]["sampler"], rows0[k]["options"])) for k in keys}
+
+    cfg = load_config(None, ["unet_batch_size=512", "resume=false"])
+    model = load_classifier("diffusion-baseline", HOLDOUT.pretrained, config=cfg, seed=0, progress=False)
+    repo = Path(__file__).resolve().parents[1]  # recorded relative to the repository, never a machine path
+    out: dict = {"pair": HOLDOUT.name, "pretrained": str(Path(HOLDOUT.pretrained).resolve().relative_to(repo)), "data": HOLDOUT.data,
+                 "what": HOLDOUT.what, "splits": {}}
+    for split in ("val", "test"):
+        images, labels, classnames, templates = read_split(HOLDOUT.root, split)
+        if split == "val":
+            model.prepare(classnames, templates)
+        pixels = torch.stack([model.transform(im) for im in images])
+        table = ErrorTable(model, pixels)
+        chosen = [headline["baseline-1"], headline["baseline-32"]] if split == "val" else list(keys)
+        rows = {k: evaluate(*configs[k], table, labels, model.adapter.num_train_timesteps) for k in chosen}
+        out["splits"][split] = {"n_images": len(labels), "n_classes": len(classnames), "rows": rows}
+        b1, b32 = rows[headline["baseline-1"]]["top1"], rows[headline["baseline-32"]]["top1"]
+        print(f"{HOLDOUT.name}/{split}: {len(labels)} images; baseline-1 {100 * b1:.1f}, baseline-32 {100 * b32:.1f}", flush=True)
+        if split == "val":
+            out["validation_check"] = {"baseline-1": b1, "baseline-32": b32}
+        if split == "val" and 100 * (b32 - b1) < 15:
+            raise SystemExit(f"{HOLDOUT.name}: baseline-1 is only {100 * (b32 - b1):.1f} points below baseline-32 on validation "
+                             "(the suite asks for 15); make the pair harder before reading its test split")
+        if args.check:
+            return
+    test = out["splits"]["test"]
+    base = test["rows"][headline["baseline-32"]]
+
+    def cell(k: str) -> dict:
+        r = test["rows"][k]
+        return {"sampler": r["sampler"], "options": r["options"], "top1": r["top1"], "evals_per_image": r["evals_per_image"],
+                "eval_ratio": r["evals_per_image"] / base["evals_per_image"], "gap_points": 100 * (base["top1"] - r["top1"]),
+                "mcnemar_vs_baseline32": mcnemar_p(r["correct"], base["correct"])}
+
+    named = {name: configs[k] for name, k in headline.items()}
+    seconds = time_configs({"_model": model, "_test_pixels": pixels}, named, args.time_images)
+    summary = {
+        "defaults": {name: {**cell(k), "seconds_per_image": seconds[name]} for name, k in headline.items()},
+        "budgets": {f: {b: (cell(k) if k else None) for b, k in per.items()} for f, per in budgets.items()},
+    }
+    race = summary["defaults"]["race"]
+    summary["goals"] = {
+        "race_within_half_point_at_quarter": race["gap_points"] <= GOAL_RACE[1] and race["eval_ratio"] <= GOAL_RACE[0],
+        "race_at_least_best_of_adaptive_and_hierarchical": {
+            b: (lambda cells: None if cells["race"] is None else cells["race"]["top1"] >= max((c["top1"] for f, c in cells.items() if f in ("adaptive", "hierarchical") and c), default=0.0))(
+                {f: summary["budgets"][f][b] for f in FAMILIES})
+            for b in map(str, BUDGETS)
+        },
+    }
+    record = {"environment": environment(), "seconds": time.perf_counter() - start, "suite": Path(args.suite).name,
+              "suite_date": suite["environment"]["date"], "summary": summary, "pair": out}
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "holdout.json").write_text(json.dumps(record, indent=1) + "\n")
+    (dest / "holdout.md").write_text(report(out, summary))
+    print((dest / "holdout.md").read_text())
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+def report(out: dict, summary: dict) -> str:
+    val, test = out["splits"]["val"], out["splits"]["test"]
+    d = summary["defaults"]
+    lines = ["# The held-out pair: the suite's choices on a model and data no choice has seen", "",
+             "Generated by `python bench/holdout.py`. Every configuration below was chosen by `bench/suite.py` on its",
+             "four pairs' validation splits; this pair's test split was read once, after those choices were committed.",
+             "No Stable Diffusion accuracy is measured here.", "",
+             f"Pair: `{out['pair']}`, {out['what']}; {test['n_classes']} classes; {val['n_images']} validation / {test['n_images']} test images.",
+             f"Validation (the hardness check only): baseline-1 {100 * out['validation_check']['baseline-1']:.1f} %, "
+             f"baseline-32 {100 * out['validation_check']['baseline-32']:.1f} %.", "",
+             "## Shipped defaults, on the test split", "",
+             "A positive gap is a loss against baseline-32; McNemar: exact two-sided test of the paired predictions.", "",
+             "| sampler | options | top-1 % | gap (points) | McNemar p | evals / img | ratio to b-32 | s / img |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in d.items():
+        p = "–" if name.startswith("baseline") else f"{c['mcnemar_vs_baseline32']:.2g}"
+        lines.append(f"| {name} | {short(c['options'])} | {100 * c['top1']:.1f} | {c['gap_points']:+.1f} | {p} | {c['evals_per_image']:.1f} | "
+                     f"{c['eval_ratio']:.3f} | {c['seconds_per_image']:.4f} |")
+    lines += ["", "## Each budget, on the test split", "",
+              "Per sampler and budget (evaluations as a fraction of baseline-32's): the defaults' rule on the four suite",
+              "pairs' validation splits; top-1 % (evaluation ratio on this pair).", "",
+              "| sampler | " + " | ".join(f"<= {b:g}" for b in BUDGETS) + " |", "|---|" + "---:|" * len(BUDGETS)]
+    for f in FAMILIES:
+        cells = [summary["budgets"][f][str(b)] for b in BUDGETS]
+        lines.append(f"| {f} | " + " | ".join("–" if c is None else f"{100 * c['top1']:.1f} ({c['eval_ratio']:.3f})" for c in cells) + " |")
+    g = summary["goals"]
+    lines += ["", "## The race's goals on this pair", "",
+              f"- within 0.5 point of baseline-32 at <= 1/4 of its evaluations: {'met' if g['race_within_half_point_at_quarter'] else 'NOT met'} "
+              f"({d['race']['gap_points']:+.1f} points at {d['race']['eval_ratio']:.3f})",
+              "- at every budget at least as accurate as the better of the adaptive and hierarchical samplers: "
+              + ", ".join(f"<= {float(b):g}: {'–' if v is None else 'met' if v else 'NOT met'}" for b, v in g["race_at_least_best_of_adaptive_and_hierarchical"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
