@@ -29,10 +29,8 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, environment
-from diffcls_plugin.config import load_config
-from diffcls_plugin.model import load_classifier
 from proxies import HOLDOUT
-from suite import BUDGETS, FAMILIES, ErrorTable, choose, evaluate, mcnemar_p, options_from, read_split, short, time_configs
+from suite import BUDGETS, FAMILIES, choose, evaluate, mcnemar_p, options_from, pair_model, short, split_table, time_configs
 
 GOAL_RACE = (0.25, 0.5)  # the race's goal: within 0.5 point of baseline-32 at <= 1/4 of its evaluations
 
@@ -60,17 +58,12 @@ def main() -> None:
     keys = dict.fromkeys([*headline.values(), *(k for per in budgets.values() for k in per.values() if k)])
     configs = {k: (rows0[k]["sampler"], options_from(rows0[k]["sampler"], rows0[k]["options"])) for k in keys}
 
-    cfg = load_config(None, ["unet_batch_size=512", "resume=false"])
-    model = load_classifier("diffusion-baseline", HOLDOUT.pretrained, config=cfg, seed=0, progress=False)
+    model = pair_model(HOLDOUT.pretrained)
     repo = Path(__file__).resolve().parents[1]  # recorded relative to the repository, never a machine path
     out: dict = {"pair": HOLDOUT.name, "pretrained": str(Path(HOLDOUT.pretrained).resolve().relative_to(repo)), "data": HOLDOUT.data,
                  "what": HOLDOUT.what, "splits": {}}
     for split in ("val", "test"):
-        images, labels, classnames, templates = read_split(HOLDOUT.root, split)
-        if split == "val":
-            model.prepare(classnames, templates)
-        pixels = torch.stack([model.transform(im) for im in images])
-        table = ErrorTable(model, pixels)
+        table, labels, classnames, pixels = split_table(model, HOLDOUT.root, split)
         chosen = [headline["baseline-1"], headline["baseline-32"]] if split == "val" else list(keys)
         rows = {k: evaluate(*configs[k], table, labels, model.adapter.num_train_timesteps) for k in chosen}
         out["splits"][split] = {"n_images": len(labels), "n_classes": len(classnames), "rows": rows}
