@@ -1,7 +1,8 @@
 """26 capital letters rendered in the free font faces of Debian's font packages: a many-class
 task for the proxy suite (``bench/suite.py``), with training, validation and test fonts disjoint.
-``LOWERCASE`` is the same task for the 26 lowercase letters (the held-out pair of
-``bench/holdout.py``): the same families in the same splits, as far as they cover a-z.
+``LOWERCASE`` is the same task for the 26 lowercase letters, ``CYRILLIC`` for the 32 lowercase
+Cyrillic letters а-я and ``GREEK`` for the 24 lowercase Greek letters α-ω (the held-out pairs of
+``bench/holdout.py``): the same families in the same splits, as far as they cover the alphabet.
 
 Fonts: every face fontconfig lists whose character map covers A-Z, one face per family (the
 upright regular one where the family has it), symbol, math and icon fonts left out, and families
@@ -31,6 +32,7 @@ import numpy as np
 
 CLASSNAMES = [chr(ord("A") + i) for i in range(26)]
 LOWERCASE_CLASSNAMES = [chr(ord("a") + i) for i in range(26)]
+CYRILLIC_CLASSNAMES = [chr(0x430 + i) for i in range(32)]  # а-я (ё, outside the block's run, left out)
 # The first template is the one the classifier scores with (``prompts: first``).
 TEMPLATES = [
     "the capital letter {c}.",
@@ -41,6 +43,19 @@ TEMPLATES = [
 LOWERCASE_TEMPLATES = [
     "the lowercase letter {c}.",
     "a small printed letter {c}.",
+    "the character {c}.",
+    "an image of the letter {c}.",
+]
+GREEK_CLASSNAMES = [chr(c) for c in range(0x3B1, 0x3CA) if c != 0x3C2]  # α-ω (final sigma left out)
+GREEK_TEMPLATES = [
+    "the greek letter {c}.",
+    "a printed greek letter {c}.",
+    "the character {c}.",
+    "an image of the letter {c}.",
+]
+CYRILLIC_TEMPLATES = [
+    "the cyrillic letter {c}.",
+    "a printed cyrillic letter {c}.",
     "the character {c}.",
     "an image of the letter {c}.",
 ]
@@ -166,11 +181,18 @@ def split_indices(seed: int = 0, classnames: list[str] = CLASSNAMES) -> dict[str
     return {s: [f for f, _ in v] for s, v in fonts(tuple(classnames)).items()}
 
 
-# the lowercase task, with the attributes scripts/train_tiny_digits.py and make_proxy_data.py use
-LOWERCASE = SimpleNamespace(
-    CLASSNAMES=LOWERCASE_CLASSNAMES,
-    TEMPLATES=LOWERCASE_TEMPLATES,
-    IMAGE_SIZE=IMAGE_SIZE,
-    load_split=partial(load_split, classnames=LOWERCASE_CLASSNAMES),
-    split_indices=partial(split_indices, classnames=LOWERCASE_CLASSNAMES),
-)
+def task(classnames: list[str], templates: list[str]) -> SimpleNamespace:
+    """Another alphabet as a task, with the attributes scripts/train_tiny_digits.py and
+    make_proxy_data.py use (this module is the capitals' task)."""
+    return SimpleNamespace(
+        CLASSNAMES=classnames,
+        TEMPLATES=templates,
+        IMAGE_SIZE=IMAGE_SIZE,
+        load_split=partial(load_split, classnames=classnames),
+        split_indices=partial(split_indices, classnames=classnames),
+    )
+
+
+LOWERCASE = task(LOWERCASE_CLASSNAMES, LOWERCASE_TEMPLATES)
+CYRILLIC = task(CYRILLIC_CLASSNAMES, CYRILLIC_TEMPLATES)
+GREEK = task(GREEK_CLASSNAMES, GREEK_TEMPLATES)

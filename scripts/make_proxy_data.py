@@ -15,6 +15,12 @@ webdatasets. Deterministic: every random degradation is seeded by the split and 
   families, clean (the noise of ``letters-fonts`` took the weaker lowercase model to 20 % on
   validation, with one timestep only 6 points behind 32): the data of the held-out pair of
   ``bench/holdout.py``, kept out of the suite.
+- ``cyrillic-fonts``: the 32 lowercase Cyrillic letters а-я (``letters.CYRILLIC``) in the held-out
+  families that cover them, clean: the data of the second held-out pair, built after the first
+  had been read.
+- ``greek-fonts``: the 24 lowercase Greek letters α-ω (``letters.GREEK``) in the held-out families
+  that cover them, clean: the data of the third held-out pair, built after the second had been
+  read.
 
 Usage (needs the fonts of ``scripts/letters.py`` for the letter sets)::
 
@@ -67,14 +73,14 @@ def build(pair: str, split: str) -> tuple[list, np.ndarray, list[str], list[str]
         elif pair == "digits-grainy":
             images = [noise(im, 80.0, rng) for im in images]
         return images, labels, digits.CLASSNAMES, digits.TEMPLATES
-    task = letters.LOWERCASE if pair == "lowercase-fonts" else letters
+    task = {"lowercase-fonts": letters.LOWERCASE, "cyrillic-fonts": letters.CYRILLIC, "greek-fonts": letters.GREEK}.get(pair, letters)
     images, labels = task.load_split(split, max_families=LETTER_FAMILIES[split])
     if pair == "letters-fonts":
         images = [noise(im, 24.0, rng) for im in images]
     return images, labels, task.CLASSNAMES, task.TEMPLATES
 
 
-PAIRS = ("digits-clean", "digits-noisy", "digits-grainy", "letters-fonts", "lowercase-fonts")
+PAIRS = ("digits-clean", "digits-noisy", "digits-grainy", "letters-fonts", "lowercase-fonts", "cyrillic-fonts", "greek-fonts")
 
 
 def main(argv=None) -> None:

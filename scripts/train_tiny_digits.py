@@ -54,7 +54,7 @@ from diffcls_plugin import digits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import letters  # noqa: E402
 
-TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE}
+TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE, "cyrillic": letters.CYRILLIC, "greek": letters.GREEK}
 TASK_DATA = {
     "digits": {
         "name": "scikit-learn's digits",
@@ -71,6 +71,18 @@ TASK_DATA = {
     "lowercase": {
         "name": "26 lowercase letters rendered in free font faces",
         "source": "fontconfig's faces covering a-z (Debian font packages), one face per family (scripts/letters.py)",
+        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
+        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
+    },
+    "greek": {
+        "name": "24 lowercase Greek letters (α-ω) rendered in free font faces",
+        "source": "fontconfig's faces covering α-ω (Debian font packages), one face per family (scripts/letters.py)",
+        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
+        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
+    },
+    "cyrillic": {
+        "name": "32 lowercase Cyrillic letters (а-я) rendered in free font faces",
+        "source": "fontconfig's faces covering а-я (Debian font packages), one face per family (scripts/letters.py)",
         "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
         "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
     },
@@ -370,7 +382,7 @@ def folder_bytes(folder: Path) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
-    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters or lowercase (font renders, scripts/letters.py)")
+    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters, lowercase, cyrillic or greek (font renders, scripts/letters.py)")
     p.add_argument("--name", default=None, help="model name recorded in TRAINING.json (default tiny-<task>)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything, and of the data split")
     p.add_argument("--threads", type=int, default=2)
@@ -489,7 +501,7 @@ def main(argv=None) -> None:
                     "method": TASK_DATA[args.task]["split"],
                     "seed": args.seed,
                     "sizes": {k: int(len(v)) for k, v in split.items()},
-                    **({"families": split} if args.task in ("letters", "lowercase") else {}),
+                    **({"families": split} if args.task in ("letters", "lowercase", "cyrillic", "greek") else {}),
                 },
                 "classnames": task.CLASSNAMES,
                 "templates": task.TEMPLATES,

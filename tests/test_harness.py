@@ -179,7 +179,7 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
     root, images, labels = tiny_wds
     config = tmp_path / "diffcls.yaml"
     config.write_text(
-        "adaptive:\n  to_keep: [3, 1]\n  n_samples: [4, 16]\nbaseline:\n  n_timesteps: 16\nhierarchical:\n  beam_factor: 1.5\n"
+        "adaptive:\n  to_keep: [3, 1]\n  n_samples: [4, 16]\nbaseline:\n  n_timesteps: 16\nhierarchical:\n  beam_factor: 1.5\n  n_timesteps: 16\n"
         "race:\n  n_timesteps: 16\n  alpha: 0.05\n"
     )
     proc = run_cli(

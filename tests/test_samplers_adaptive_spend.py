@@ -8,11 +8,14 @@ forbids elimination must reproduce the baseline exactly.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.samplers import BaselineOptions, baseline, classify, li_timesteps
-from diffcls_plugin.samplers.race import RaceOptions, race, visit_order
+from diffcls_plugin.samplers.base import Evaluations
+from diffcls_plugin.samplers.race import RaceOptions, _eliminate, race, visit_order
 from diffcls_plugin.samplers.ttest import TTestOptions, draws, one_sided_p, ttest
 from test_samplers import Recorder
 
@@ -23,8 +26,11 @@ def planted(n_classes: int, true: int, gap: float) -> list[float]:
 
 SAMPLERS = {
     "race": lambda n, o=None: race(n, o or RaceOptions()),
+    "race-per-class": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", alpha=0.2, min_slots=4, max_slots=None)),
     "race-pooled": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05)),
     "race-pooled-middle": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, max_slots=16, screen=0.5)),
+    "race-pooled-holm": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, correction="holm")),
+    "race-bonferroni": lambda n, o=None: race(n, o or RaceOptions(correction="bonferroni")),
     "ttest": lambda n, o=None: ttest(n, o or TTestOptions(min_samples=4, max_samples=64)),
 }
 
@@ -60,7 +66,7 @@ def test_race_that_cannot_eliminate_equals_the_baseline(variance):
         for n_noises in (1, 2):
             scorer_a = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
             scorer_b = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
-            a = classify(race(10, RaceOptions(alpha=0, n_noises=n_noises, order="stratified", variance=variance)), scorer_a)
+            a = classify(race(10, RaceOptions(alpha=0, n_noises=n_noises, order="stratified", variance=variance, max_slots=None)), scorer_a)
             b = classify(baseline(10, BaselineOptions(n_timesteps=32, n_trials=n_noises)), scorer_b)
             assert a.ranking == b.ranking
             assert a.scores == b.scores
@@ -73,7 +79,7 @@ def test_race_that_runs_to_the_end_decides_as_the_baseline_among_survivors():
     # pick exactly the baseline's winner
     base = [1.0, 0.0, 0.001, 1.0, 1.0]
     for seed in range(5):
-        a = classify(race(5, RaceOptions(alpha=0.001)), Recorder(base, jitter=0.3, seed=seed))
+        a = classify(race(5, RaceOptions(alpha=0.001, max_slots=None)), Recorder(base, jitter=0.3, seed=seed))
         b = classify(baseline(5, BaselineOptions()), Recorder(base, jitter=0.3, seed=seed))
         assert a.prediction == b.prediction
         assert a.n_evals < b.n_evals
@@ -120,7 +126,9 @@ def test_ttest_draws_and_p_values():
         (RaceOptions(screen=0), "race.screen"),
         (RaceOptions(screen=1.5), "race.screen"),
         (RaceOptions(variance="shared"), "race.variance"),
+        (RaceOptions(correction="sidak"), "race.correction"),
         (RaceOptions(max_slots=33), "race.max_slots"),
+        (RaceOptions(n_timesteps=8, max_slots=16), "race.max_slots"),  # a population larger than the grid
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
         (TTestOptions(weight_rate=float("nan")), "ttest.weight_rate"),
@@ -209,3 +217,41 @@ def test_capped_race_decides_as_the_baseline_on_its_population(variance):
                 assert result.prediction == min(means, key=lambda c: (means[c], c))
             assert result.prediction in (1, 2)
             assert result.n_evals < 6 * k
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_corrections_eliminate_nested_sets(pooled):
+    # at one slot, on the same errors: Bonferroni's eliminations are among Holm's, Holm's among
+    # the uncorrected test's; with two survivors (one comparison) all three agree
+    rng = random.Random(0)
+    strict = 0
+    for trial in range(300):
+        k, n = rng.choice((2, 3, 6, 26)), rng.choice((2, 3, 5, 9))
+        evals = Evaluations()
+        base = [rng.uniform(0, 0.3) for _ in range(k)]
+        slots = [(t, 0) for t in range(n)]
+        gen = evals.ensure((c, t, j) for t, j in slots for c in range(k))
+        request = next(gen)
+        with pytest.raises(StopIteration):
+            gen.send([base[c] + rng.gauss(0, 0.2) for c in request.class_idx])
+        out = {name: set(_eliminate(list(range(k)), slots, 32, evals, 0.2, pooled, name)[1]) for name in ("none", "holm", "bonferroni")}
+        assert out["bonferroni"] <= out["holm"] <= out["none"]
+        if k == 2:
+            assert out["bonferroni"] == out["holm"] == out["none"]
+        strict += out["bonferroni"] < out["holm"] or out["holm"] < out["none"]
+    assert strict > 10  # the corrections do bite
+
+
+def test_corrected_race_spends_more_and_predicts_the_true_class_more_often():
+    # a weak model with many classes: 26 classes, the true one slightly ahead, much noise. The
+    # uncorrected race tests 25 eliminations at every slot and eliminates the true class more often
+    right = {"none": 0, "holm": 0, "bonferroni": 0}
+    spent = dict(right)
+    for seed in range(20):
+        for correction in right:
+            scorer = Recorder(planted(26, 4, gap=0.08), jitter=0.5, seed=seed)
+            result = classify(race(26, RaceOptions(alpha=0.2, correction=correction, variance="pooled", min_slots=2)), scorer)
+            right[correction] += result.prediction == 4
+            spent[correction] += result.n_evals
+    assert right["none"] < right["holm"] <= right["bonferroni"], right
+    assert spent["none"] < spent["holm"] < spent["bonferroni"], spent

@@ -16,7 +16,12 @@ and eliminates ``c`` once ``mean(d_c) - q * se_c > 0`` with ``q`` Student's t qu
 all survivors but the leader are averaged into one estimate with ``(k - 1)(n - 1)`` degrees of
 freedom (``k`` survivors): after two slots one class's variance rests on a single difference, far
 too unreliable to act on, while the pooled one rests on one per class, so the race can start
-eliminating at two slots instead of four. With ``max_slots`` the population is the first
+eliminating at two slots instead of four. Each slot tests ``k - 1`` classes against the leader;
+with ``correction: bonferroni`` each test runs at ``alpha / (k - 1)`` and with ``correction: holm``
+Holm's step-down procedure (1979) controls the same family-wise level with more power, so
+``alpha`` bounds the chance of eliminating *any* class wrongly at a slot, not each one: with many
+classes and a weak model, per-comparison tests repeated at every slot eliminate the true class
+far too often. With ``max_slots`` the population is the first
 ``max_slots`` slots of the visit order (with ``order: center-out``, the middle of the grid), and the
 race estimates the decision of the baseline on exactly those. It stops when one class is left or the
 population is exhausted; at that point ``se = 0`` and the prediction is exactly the baseline's
@@ -40,6 +45,7 @@ from diffcls_plugin.samplers.options import SamplerOptions
 
 ORDERS = ("stratified", "ascending", "descending", "center-out")
 VARIANCES = ("per-class", "pooled")
+CORRECTIONS = ("none", "bonferroni", "holm")
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class RaceOptions(SamplerOptions):
             more). ``0`` never eliminates: the result equals the baseline's.
         min_slots: slots every class is scored at before the first elimination (>= 2).
         max_slots: the population is the first ``max_slots`` slots of the visit order
-            (``None``: all of them); at the cap the prediction is the survivor with the lowest mean
+            (``None``, the default: all of them; 16: the middle half of the 32-timestep grid); at the cap the prediction is the survivor with the lowest mean
             error over them, and the finite-population correction counts ``max_slots`` slots.
             With ``order: center-out`` it is the middle of the grid; with ``alpha: 0`` and
             ``order: stratified`` the race is the baseline on an evenly spaced sub-grid.
@@ -69,20 +75,26 @@ class RaceOptions(SamplerOptions):
         variance: how each elimination's standard error is estimated: ``per-class`` (each
             class's own paired differences to the leader, ``n - 1`` degrees of freedom) or
             ``pooled`` (those variances averaged over the survivors, ``(k - 1)(n - 1)`` degrees of
-            freedom; decisive after fewer slots).
+            freedom; decisive after fewer slots; the default).
+        correction: the multiple-comparison correction of the ``k - 1`` eliminations tested at
+            each slot (``k`` survivors): ``none`` (each at ``alpha``), ``bonferroni`` (each at
+            ``alpha / (k - 1)``; the default) or ``holm`` (Holm's step-down: the strongest case at
+            ``alpha / (k - 1)``, the next at ``alpha / (k - 2)``, ... until one fails).
     """
 
     section = "race"
     n_timesteps: int = 32
     n_noises: int = 1
-    # defaults chosen by bench/suite.py on the proxy pairs' validation splits (no loss against
-    # the 32-timestep baseline on any, fewest evaluations)
-    alpha: float = 0.2
-    min_slots: int = 4
+    # defaults chosen by bench/suite.py on the proxy pairs' validation splits, among races over the
+    # whole grid: at most a quarter of the 32-timestep baseline's evaluations, the smallest
+    # worst-case gap to it plus one standard error
+    alpha: float = 0.1
+    min_slots: int = 2
     max_slots: int | None = None
     order: str = "center-out"
     screen: float = 1.0
-    variance: str = "per-class"
+    variance: str = "pooled"
+    correction: str = "bonferroni"
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         self._check_int("n_timesteps", 1, num_train_timesteps)
@@ -92,7 +104,11 @@ class RaceOptions(SamplerOptions):
             raise self._fail("alpha", f"must be a number in [0, 0.5), got {a!r}")
         self._check_int("min_slots", 2)
         if self.max_slots is not None:
-            self._check_int("max_slots", 1, self.n_timesteps * self.n_noises)
+            n = self.n_timesteps * self.n_noises if isinstance(self.n_timesteps, int) and isinstance(self.n_noises, int) else None
+            if n is not None and isinstance(self.max_slots, int) and not isinstance(self.max_slots, bool) and self.max_slots > n:
+                raise self._fail("max_slots", f"is {self.max_slots}, more than the {n} slots of the grid (n_timesteps * n_noises); "
+                                 f"set race.max_slots to at most {n}, or to null for the whole grid")
+            self._check_int("max_slots", 1, n)
         if self.order not in ORDERS:
             raise self._fail("order", f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
         f = self.screen
@@ -100,6 +116,8 @@ class RaceOptions(SamplerOptions):
             raise self._fail("screen", f"must be a fraction in (0, 1] of the classes kept after the first slot, got {f!r}")
         if self.variance not in VARIANCES:
             raise self._fail("variance", f"must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
+        if self.correction not in CORRECTIONS:
+            raise self._fail("correction", f"must be one of {', '.join(CORRECTIONS)}, got {self.correction!r}")
 
 
 def _van_der_corput(k: int) -> float:
@@ -170,7 +188,7 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
     stop_reason = "schedule"
     while True:
         if len(alive) > 1 and options.alpha > 0 and n_seen >= 2:
-            alive, out = _eliminate(alive, slots[:n_seen], n_cap, evals, options.alpha, options.variance == "pooled")
+            alive, out = _eliminate(alive, slots[:n_seen], n_cap, evals, options.alpha, options.variance == "pooled", options.correction)
             if out:
                 pruned.append(out)
         if len(alive) == 1 and n_classes > 1:
@@ -186,7 +204,8 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
 
 
 def _eliminate(
-    alive: list[int], seen: list[tuple[int, int]], n_total: int, evals: Evaluations, alpha: float, pooled: bool = False
+    alive: list[int], seen: list[tuple[int, int]], n_total: int, evals: Evaluations, alpha: float, pooled: bool = False,
+    correction: str = "none",
 ) -> tuple[list[int], list[int]]:
     """Split the survivors into those kept and those confidently behind the leader."""
     order = order_by_score(alive, evals)  # best first; all survivors share the slots seen
@@ -199,9 +218,23 @@ def _eliminate(
         pooled_var = sum(var for _, var in moments) / len(moments)
         moments = [(mean, pooled_var) for mean, _ in moments]
         dof *= len(moments)
-    q = t_quantile(1.0 - alpha, dof) if n < n_total else 0.0
-    fpc = max(0.0, (n_total - n) / n_total)
+    m = len(moments)  # the comparisons tested at this slot
+    if n >= n_total:  # the population is seen: the leader is the baseline's pick among the survivors
+        behind = [mean > 0 for mean, _ in moments]
+    else:
+        fpc = (n_total - n) / n_total
+        se = [math.sqrt(var / n * fpc) for _, var in moments]
+        if correction == "holm":  # strongest evidence first, each at alpha / (m - i), until one fails
+            behind = [False] * m
+            strength = [mean / s if s > 0 else math.inf if mean > 0 else -math.inf for (mean, _), s in zip(moments, se)]
+            for i, j in enumerate(sorted(range(m), key=lambda j: -strength[j])):
+                if not moments[j][0] - t_quantile(1.0 - alpha / (m - i), dof) * se[j] > 0:
+                    break
+                behind[j] = True
+        else:
+            q = t_quantile(1.0 - (alpha / m if correction == "bonferroni" else alpha), dof)
+            behind = [mean - q * s > 0 for (mean, _), s in zip(moments, se)]
     keep, out = [leader], []
-    for c, (mean, var) in zip(order[1:], moments):
-        (out if mean - q * math.sqrt(var / n * fpc) > 0 else keep).append(c)
+    for c, is_behind in zip(order[1:], behind):
+        (out if is_behind else keep).append(c)
     return keep, out
