@@ -29,6 +29,7 @@ Seconds per image of the headline configurations are measured without the cache,
 
     python bench/suite.py                    # writes bench/results/suite.{json,md} and suite-<pair>.png
     python bench/suite.py --pairs digits-noisy --quick   # a small grid, for trying changes
+    python bench/suite.py --from-record      # redo every choice from suite.json's rows; check they match
 """
 
 from __future__ import annotations
@@ -533,11 +534,13 @@ def compare_rules(data: list[dict]) -> dict:
                            "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data]}
         out[f"{z:g}"] = per
     # and the race chosen from every population, capped ones included (the rule's margin as shipped)
-    k = choose(data, "race", keep=lambda row: True)
+    anything = lambda row: True  # noqa: E731
+    left_out = [choose(data[:i] + data[i + 1 :] or data, "race", keep=anything) for i in range(len(data))]
+    k = choose(data, "race", keep=anything)
     out[f"{RULE_Z:g}, race from any population"] = {"race": {
         "key": k, "options": data[0]["splits"]["val"]["rows"][k]["options"],
-        "left_out_val_gaps": [100 * gap_bound(d["splits"]["val"], choose(data[:i] + data[i + 1 :] or data, "race", keep=lambda row: True)) for i, d in enumerate(data)],
-        "left_out_test_gaps": [test_row(d, choose(data[:i] + data[i + 1 :] or data, "race", keep=lambda row: True))["gap_points"] for i, d in enumerate(data)],
+        "left_out_val_gaps": [100 * gap_bound(d["splits"]["val"], j) for d, j in zip(data, left_out)],
+        "left_out_test_gaps": [test_row(d, j)["gap_points"] for d, j in zip(data, left_out)],
         "all_pairs_test_gaps": [test_row(d, k)["gap_points"] for d in data], "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data]}}
     return out
 
@@ -597,13 +600,34 @@ def summarize(data: list[dict]) -> dict:
     return summary
 
 
+def check_record(out: Path) -> int:
+    """Redo every choice from a suite record's stored rows and compare it, and the report, with
+    what the record and ``suite.md`` hold; 0 when both match."""
+    record = json.loads((out / "suite.json").read_text())
+    stored = record["summary"]
+    try:
+        redone = {**summarize(record["pairs"]), "seconds_per_image": stored["seconds_per_image"]}
+    except KeyError as missing:  # a choice the record never made has no stored test predictions
+        print(f"choices: differ from the recorded ones (a new pick has no recorded test row field {missing}); rerun the suite")
+        return 1
+    differs = [k for k in stored if json.loads(json.dumps(redone.get(k))) != stored[k]]
+    report_ok = report(record["pairs"], stored) == (out / "suite.md").read_text()
+    print("choices: " + ("the same as recorded" if not differs else f"differ in {', '.join(differs)}"))
+    print("report: " + ("the same as suite.md" if report_ok else "differs from suite.md"))
+    return 0 if not differs and report_ok else 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--pairs", default=",".join(p.name for p in PAIRS))
     parser.add_argument("--quick", action="store_true", help="a small grid (results not written to the committed files)")
     parser.add_argument("--time-images", type=int, default=48)
+    parser.add_argument("--from-record", action="store_true",
+                        help="measure nothing: redo every choice and the report from the committed suite.json (its timings kept) and check they match")
     args = parser.parse_args()
+    if args.from_record:
+        raise SystemExit(check_record(Path(args.out)))
     start = time.perf_counter()
     torch.manual_seed(0)
     pairs = [p for p in PAIRS if p.name in args.pairs.split(",")]

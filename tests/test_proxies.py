@@ -82,3 +82,11 @@ def test_the_committed_suite_record_holds_exactly_the_grid():
     for d in record["pairs"]:
         for split in d["splits"].values():
             assert set(split["rows"]) == {key(s, o) for s, o in grid()}
+
+
+def test_the_committed_choices_and_report_follow_from_the_recorded_rows():
+    # every default, budget pick and rule comparison in suite.json, and suite.md itself, is what
+    # bench/suite.py's rules give on the recorded validation rows (a changed rule needs a new run)
+    from suite import RESULTS, check_record
+
+    assert check_record(RESULTS) == 0
