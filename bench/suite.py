@@ -17,7 +17,8 @@ Choices are made on VALIDATION splits only; TEST splits are read once per report
   race gained on every validation split while parting from baseline-32 on many images, and lost
   7.4 points on a held-out pair. The standard error charges a configuration for every image on
   which it parts from the baseline, so a gain must be larger than its noise to count.) The
-  rules are compared, leave one pair out, in the report;
+  rules are compared, leave one pair out, in the report. The race's defaults come from races
+  over the whole grid only (``CANDIDATES``);
 - leave-one-pair-out: the same rule on the other pairs' validation splits, reported on the
   left-out pair's test split (how the rule carries to a model it never saw);
 - budgets: per pair and sampler, the most accurate configuration on validation within each

@@ -60,8 +60,9 @@ class RaceOptions(SamplerOptions):
             more). ``0`` never eliminates: the result equals the baseline's.
         min_slots: slots every class is scored at before the first elimination (>= 2).
         max_slots: the population is the first ``max_slots`` slots of the visit order
-            (``None``, the default: all of them; 16: the middle half of the 32-timestep grid); at the cap the prediction is the survivor with the lowest mean
-            error over them, and the finite-population correction counts ``max_slots`` slots.
+            (``None``, the default: all of them; 16: the middle half of the 32-timestep grid); at
+            the cap the prediction is the survivor with the lowest mean error over them, and the
+            finite-population correction counts ``max_slots`` slots.
             With ``order: center-out`` it is the middle of the grid; with ``alpha: 0`` and
             ``order: stratified`` the race is the baseline on an evenly spaced sub-grid.
         order: the order slots are visited in: ``center-out`` (nearest the middle of the grid
@@ -104,11 +105,11 @@ class RaceOptions(SamplerOptions):
             raise self._fail("alpha", f"must be a number in [0, 0.5), got {a!r}")
         self._check_int("min_slots", 2)
         if self.max_slots is not None:
-            n = self.n_timesteps * self.n_noises if isinstance(self.n_timesteps, int) and isinstance(self.n_noises, int) else None
-            if n is not None and isinstance(self.max_slots, int) and not isinstance(self.max_slots, bool) and self.max_slots > n:
+            n = self.n_timesteps * self.n_noises  # both checked above
+            self._check_int("max_slots", 1)
+            if self.max_slots > n:
                 raise self._fail("max_slots", f"is {self.max_slots}, more than the {n} slots of the grid (n_timesteps * n_noises); "
                                  f"set race.max_slots to at most {n}, or to null for the whole grid")
-            self._check_int("max_slots", 1, n)
         if self.order not in ORDERS:
             raise self._fail("order", f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
         f = self.screen
@@ -152,7 +153,7 @@ def visit_order(n: int, order: str) -> list[int]:
     return list(seen)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)  # (level, dof) pairs: Holm's levels and pooled dofs grow with the classes
 def t_quantile(p: float, dof: int) -> float:
     """Student's t quantile ``t_{p, dof}`` (scipy)."""
     from scipy.stats import t as student_t
