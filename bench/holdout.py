@@ -53,6 +53,7 @@ from suite import (
     pair_model,
     race_cells,
     race_line,
+    race_missing,
     short,
     split_table,
     test_row,
@@ -185,8 +186,7 @@ def report(out: dict, summary: dict) -> str:
         for z, per in summary["rules"].items():
             lines.append(f"| {z} | " + " | ".join(f"{per[f]['gap_points']:+.1f} ({per[f]['eval_ratio']:.3f}), p {per[f]['mcnemar_vs_baseline32']:.2g}"
                                                  if f in per else "–" for f in FAMILIES) + " |")
-    missing = sum(1 for b in BUDGETS if summary["budgets"]["race"][str(b)] is None
-                  and any(summary["budgets"][f][str(b)] for f in ("adaptive", "hierarchical")))
+    missing = race_missing({out["pair"]: summary["budgets"]})
     g = summary["goals"]
     lines += ["", "## The race's goals on this pair", "",
               f"- within 0.5 point of baseline-32 at <= 1/4 of its evaluations: {'met' if g['race_within_half_point_at_quarter'] else 'NOT met'} "

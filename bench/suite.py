@@ -422,6 +422,13 @@ def short(options: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items() if v is not None and k != "preset") or "-"
 
 
+def race_missing(table: dict) -> int:
+    """Cells of a budget table (``{pair: {sampler: {budget: cell}}}``) where the adaptive or the
+    hierarchical sampler has a setting within the budget and the race has none."""
+    return sum(1 for per in table.values() for b in map(str, BUDGETS)
+               if per["race"][b] is None and any(per[f][b] for f in ("adaptive", "hierarchical")))
+
+
 def race_line(cells: list[dict], missing: int = 0) -> str:
     """One sentence: where the race stands against the better of the adaptive and hierarchical
     picks (``missing``: cells where no race setting is within the budget)."""
@@ -445,9 +452,7 @@ def budget_table(data: list[dict], summary: dict, table: str, title: str, intro:
             cells = [summary[table][d["pair"]][family][str(b)] for b in BUDGETS]
             lines.append(f"| {d['pair']} | {family} | " + " | ".join(
                 "–" if c is None else f"{100 * c['top1']:.1f}" + (f" ({c['eval_ratio']:.3f})" if with_ratio else "") for c in cells) + " |")
-    missing = sum(1 for d in data for b in BUDGETS if summary[table][d["pair"]]["race"][str(b)] is None
-                  and any(summary[table][d["pair"]][f][str(b)] for f in ("adaptive", "hierarchical")))
-    return lines + ["", race_line(summary["race_against_the_best_other"][table], missing)]
+    return lines + ["", race_line(summary["race_against_the_best_other"][table], race_missing(summary[table]))]
 
 
 def report(data: list[dict], summary: dict) -> str:
@@ -515,34 +520,26 @@ def report(data: list[dict], summary: dict) -> str:
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
+def rule_entry(data: list[dict], family: str, **how) -> dict:
+    """One rule's row of the comparison: ``choose(..., **how)`` left one pair out (read on that
+    pair's validation and test splits) and on all pairs (read on every test split)."""
+    left_out = [choose(data[:i] + data[i + 1 :] or data, family, **how) for i in range(len(data))]
+    k = choose(data, family, **how)
+    return {"key": k, "left_out_val_gaps": [100 * gap_bound(d["splits"]["val"], j) for d, j in zip(data, left_out)],
+            "left_out_test_gaps": [test_row(d, j)["gap_points"] for d, j in zip(data, left_out)],
+            "options": data[0]["splits"]["val"]["rows"][k]["options"],
+            "all_pairs_test_gaps": [test_row(d, k)["gap_points"] for d in data],
+            "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data]}
+
+
 def compare_rules(data: list[dict]) -> dict:
     """Per rule (``z`` of ``RULE_ZS``) and sampler: leave-one-pair-out at the sampler's default
     budget, the pick on the other pairs' validation splits read on the left-out pair's validation
     split (the evidence a rule may be chosen on) and on its test split (reported); and the worst
     test gap of the pick on all validation splits (the defaults that rule would ship)."""
-    out: dict = {}
-    for z in RULE_ZS:
-        per: dict = {}
-        for family in FAMILIES:
-            val, test = [], []
-            for i, d in enumerate(data):
-                k = choose(data[:i] + data[i + 1 :] or data, family, z=z)
-                val.append(100 * gap_bound(d["splits"]["val"], k))
-                test.append(test_row(d, k)["gap_points"])
-            k = choose(data, family, z=z)
-            per[family] = {"key": k, "left_out_val_gaps": val, "left_out_test_gaps": test, "options": data[0]["splits"]["val"]["rows"][k]["options"],
-                           "all_pairs_test_gaps": [test_row(d, k)["gap_points"] for d in data],
-                           "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data]}
-        out[f"{z:g}"] = per
+    out: dict = {f"{z:g}": {family: rule_entry(data, family, z=z) for family in FAMILIES} for z in RULE_ZS}
     # and the race chosen from every population, capped ones included (the rule's margin as shipped)
-    anything = lambda row: True  # noqa: E731
-    left_out = [choose(data[:i] + data[i + 1 :] or data, "race", keep=anything) for i in range(len(data))]
-    k = choose(data, "race", keep=anything)
-    out[f"{RULE_Z:g}, race from any population"] = {"race": {
-        "key": k, "options": data[0]["splits"]["val"]["rows"][k]["options"],
-        "left_out_val_gaps": [100 * gap_bound(d["splits"]["val"], j) for d, j in zip(data, left_out)],
-        "left_out_test_gaps": [test_row(d, j)["gap_points"] for d, j in zip(data, left_out)],
-        "all_pairs_test_gaps": [test_row(d, k)["gap_points"] for d in data], "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data]}}
+    out[f"{RULE_Z:g}, race from any population"] = {"race": rule_entry(data, "race", keep=lambda row: True)}
     return out
 
 

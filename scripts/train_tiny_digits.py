@@ -55,6 +55,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import letters  # noqa: E402
 
 TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE, "cyrillic": letters.CYRILLIC, "greek": letters.GREEK}
+
+
+def font_task_data(name: str, covering: str) -> dict[str, str]:
+    """The record of a task rendered by scripts/letters.py: ``name`` of the glyphs, the alphabet
+    the faces must cover."""
+    return {
+        "name": f"{name} rendered in free font faces",
+        "source": f"fontconfig's faces covering {covering} (Debian font packages), one face per family (scripts/letters.py)",
+        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
+        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
+    }
+
+
 TASK_DATA = {
     "digits": {
         "name": "scikit-learn's digits",
@@ -62,30 +75,10 @@ TASK_DATA = {
         "image": "0..16 scaled to 0..255, 8x8 -> 32x32 PIL bicubic, white digit on black, RGB",
         "split": "sklearn train_test_split, stratified, random_state=seed: test 20%, then val 15% of the rest",
     },
-    "letters": {
-        "name": "26 capital letters rendered in free font faces",
-        "source": "fontconfig's faces covering A-Z (Debian font packages), one face per family (scripts/letters.py)",
-        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
-        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
-    },
-    "lowercase": {
-        "name": "26 lowercase letters rendered in free font faces",
-        "source": "fontconfig's faces covering a-z (Debian font packages), one face per family (scripts/letters.py)",
-        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
-        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
-    },
-    "greek": {
-        "name": "24 lowercase Greek letters (α-ω) rendered in free font faces",
-        "source": "fontconfig's faces covering α-ω (Debian font packages), one face per family (scripts/letters.py)",
-        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
-        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
-    },
-    "cyrillic": {
-        "name": "32 lowercase Cyrillic letters (а-я) rendered in free font faces",
-        "source": "fontconfig's faces covering а-я (Debian font packages), one face per family (scripts/letters.py)",
-        "image": "white glyph on black, ink box scaled to 18-26 px tall (train, 3 random renders per font and letter) or 22 px (val/test), 32x32 RGB",
-        "split": "by font family, sha256(family) mod 20: 0-2 test, 3-4 val, else train (sizes are families)",
-    },
+    "letters": font_task_data("26 capital letters", "A-Z"),
+    "lowercase": font_task_data("26 lowercase letters", "a-z"),
+    "greek": font_task_data("24 lowercase Greek letters (α-ω)", "α-ω"),
+    "cyrillic": font_task_data("32 lowercase Cyrillic letters (а-я)", "а-я"),
 }
 task = digits  # the task being trained (set from --task in main)
 
@@ -501,7 +494,7 @@ def main(argv=None) -> None:
                     "method": TASK_DATA[args.task]["split"],
                     "seed": args.seed,
                     "sizes": {k: int(len(v)) for k, v in split.items()},
-                    **({"families": split} if args.task in ("letters", "lowercase", "cyrillic", "greek") else {}),
+                    **({"families": split} if args.task != "digits" else {}),
                 },
                 "classnames": task.CLASSNAMES,
                 "templates": task.TEMPLATES,

@@ -27,10 +27,10 @@ def planted(n_classes: int, true: int, gap: float) -> list[float]:
 SAMPLERS = {
     "race": lambda n, o=None: race(n, o or RaceOptions()),
     "race-per-class": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", alpha=0.2, min_slots=4, max_slots=None)),
-    "race-pooled": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05)),
-    "race-pooled-middle": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, max_slots=16, screen=0.5)),
+    "race-pooled": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, correction="none")),
+    "race-pooled-middle": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, max_slots=16, screen=0.5, correction="none")),
     "race-pooled-holm": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, correction="holm")),
-    "race-bonferroni": lambda n, o=None: race(n, o or RaceOptions(correction="bonferroni")),
+    "race-per-class-bonferroni": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", min_slots=4, correction="bonferroni")),
     "ttest": lambda n, o=None: ttest(n, o or TTestOptions(min_samples=4, max_samples=64)),
 }
 
@@ -188,7 +188,7 @@ def test_pooled_variance_decides_after_fewer_slots_than_per_class_variances():
     for seed in range(12):
         for variance, spent in (("per-class", per_class), ("pooled", pooled)):
             scorer = Recorder(planted(10, 6, gap=0.3), jitter=0.3, seed=seed)
-            result = classify(race(10, RaceOptions(variance=variance, min_slots=2, alpha=0.05)), scorer)
+            result = classify(race(10, RaceOptions(variance=variance, min_slots=2, alpha=0.05, correction="none")), scorer)
             assert result.prediction == 6
             spent.append(result.n_evals)
     assert min(pooled) >= 2 * 10  # nothing is eliminated before every class has two slots
