@@ -17,8 +17,9 @@ validated, whichever sampler runs::
     timestep_weights: null   # or a file from `diffcls fit-weights` (each error at t times w(t)); SD3: sigma_sqrt | cosmap
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
-    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.25, min_beam: 3, patience: null, direction: center-out}
-    race: {alpha: 0.1, min_slots: 2, variance: pooled, correction: bonferroni}
+    hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.1, min_beam: 3, patience: null, direction: center-out}
+    ttest: {p: 0.05, min_samples: 8, max_samples: 32, timesteps: grid}
+    race: {alpha: 0.05, min_slots: 4, variance: pooled, correction: none}
 
 A section may start from a named preset of its sampler (``PRESETS`` of its options class); its
 other keys override the preset's values: ``hierarchical: {preset: paper, beam_factor: 3}``.

@@ -1,8 +1,8 @@
 """26 capital letters rendered in the free font faces of Debian's font packages: a many-class
 task for the proxy suite (``bench/suite.py``), with training, validation and test fonts disjoint.
 ``LOWERCASE`` is the same task for the 26 lowercase letters, ``CYRILLIC`` for the 32 lowercase
-Cyrillic letters а-я and ``GREEK`` for the 24 lowercase Greek letters α-ω (the held-out pairs of
-``bench/holdout.py``): the same families in the same splits, as far as they cover the alphabet.
+Cyrillic letters а-я, ``GREEK`` for the 24 lowercase Greek letters α-ω and ``CYRILLIC_UPPER`` for
+the 32 capital Cyrillic letters А-Я (the held-out pairs of ``bench/holdout.py``): the same families in the same splits, as far as they cover the alphabet.
 
 Fonts: every face fontconfig lists whose character map covers A-Z, one face per family (the
 upright regular one where the family has it), symbol, math and icon fonts left out, and families
@@ -56,6 +56,13 @@ GREEK_TEMPLATES = [
 CYRILLIC_TEMPLATES = [
     "the cyrillic letter {c}.",
     "a printed cyrillic letter {c}.",
+    "the character {c}.",
+    "an image of the letter {c}.",
+]
+CYRILLIC_UPPER_CLASSNAMES = [chr(0x410 + i) for i in range(32)]  # А-Я (Ё left out)
+CYRILLIC_UPPER_TEMPLATES = [
+    "the capital cyrillic letter {c}.",
+    "a printed capital cyrillic letter {c}.",
     "the character {c}.",
     "an image of the letter {c}.",
 ]
@@ -196,3 +203,4 @@ def task(classnames: list[str], templates: list[str]) -> SimpleNamespace:
 LOWERCASE = task(LOWERCASE_CLASSNAMES, LOWERCASE_TEMPLATES)
 CYRILLIC = task(CYRILLIC_CLASSNAMES, CYRILLIC_TEMPLATES)
 GREEK = task(GREEK_CLASSNAMES, GREEK_TEMPLATES)
+CYRILLIC_UPPER = task(CYRILLIC_UPPER_CLASSNAMES, CYRILLIC_UPPER_TEMPLATES)

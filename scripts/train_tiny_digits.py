@@ -54,7 +54,8 @@ from diffcls_plugin import digits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import letters  # noqa: E402
 
-TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE, "cyrillic": letters.CYRILLIC, "greek": letters.GREEK}
+TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE, "cyrillic": letters.CYRILLIC, "greek": letters.GREEK,
+         "cyrillic-upper": letters.CYRILLIC_UPPER}
 
 
 def font_task_data(name: str, covering: str) -> dict[str, str]:
@@ -79,6 +80,7 @@ TASK_DATA = {
     "lowercase": font_task_data("26 lowercase letters", "a-z"),
     "greek": font_task_data("24 lowercase Greek letters (α-ω)", "α-ω"),
     "cyrillic": font_task_data("32 lowercase Cyrillic letters (а-я)", "а-я"),
+    "cyrillic-upper": font_task_data("32 capital Cyrillic letters (А-Я)", "А-Я"),
 }
 task = digits  # the task being trained (set from --task in main)
 
@@ -375,7 +377,7 @@ def folder_bytes(folder: Path) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
-    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters, lowercase, cyrillic or greek (font renders, scripts/letters.py)")
+    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters, lowercase, cyrillic, greek or cyrillic-upper (font renders, scripts/letters.py)")
     p.add_argument("--name", default=None, help="model name recorded in TRAINING.json (default tiny-<task>)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything, and of the data split")
     p.add_argument("--threads", type=int, default=2)

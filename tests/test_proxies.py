@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from proxies import HOLDOUTS, PAIRS  # noqa: E402
+from proxies import HOLDOUTS, PAIRS, VALIDATION_ONLY  # noqa: E402
 from suite import read_members  # noqa: E402
 
 
@@ -22,15 +22,18 @@ def test_at_least_four_pairs_and_one_with_26_classes():
     assert max(n_classes) >= 26
 
 
-ALL = PAIRS + HOLDOUTS
+ALL = PAIRS + VALIDATION_ONLY + HOLDOUTS
 
 
 def test_held_out_pairs_share_nothing_with_the_suite():
-    # a held-out pair's model and data are its own: no suite pair was trained or read on them
-    suite_models, suite_data = {p.pretrained for p in PAIRS}, {p.data for p in PAIRS}
+    # a held-out pair's model and data are its own: no member of any choice was trained or read on them
+    members = PAIRS + VALIDATION_ONLY
+    suite_models, suite_data = {p.pretrained for p in members}, {p.data for p in members}
+    assert HOLDOUTS
     for p in HOLDOUTS:
         assert p.pretrained not in suite_models and p.data not in suite_data
-        assert p.name not in {q.name for q in PAIRS}
+        assert p.name not in {q.name for q in members}
+    assert len({p.name for p in ALL}) == len(ALL)
 
 
 @pytest.mark.parametrize("pair", ALL, ids=[p.name for p in ALL])
@@ -79,9 +82,12 @@ def test_the_committed_suite_record_holds_exactly_the_grid():
     from suite import RESULTS, grid, key
 
     record = json.loads((RESULTS / "suite.json").read_text())
-    for d in record["pairs"]:
+    assert [d["pair"] for d in record["pairs"]] == [p.name for p in PAIRS]
+    assert [d["pair"] for d in record["validation_only"]] == [p.name for p in VALIDATION_ONLY]
+    for d in record["pairs"] + record["validation_only"]:
         for split in d["splits"].values():
             assert set(split["rows"]) == {key(s, o) for s, o in grid()}
+    assert all(set(d["splits"]) == {"val"} for d in record["validation_only"])  # their test splits are not read
 
 
 def test_the_committed_choices_and_report_follow_from_the_recorded_rows():
@@ -90,3 +96,39 @@ def test_the_committed_choices_and_report_follow_from_the_recorded_rows():
     from suite import RESULTS, check_record
 
     assert check_record(RESULTS) == 0
+
+
+class _PlantedModel:
+    """A stand-in for a pair's model: a planted error per (image, class, timestep, noise), lowest for
+    the image's own class (``i % 5``) on average, so the configurations disagree on some images."""
+
+    n_classes = 5
+
+    def scorer(self, pixels):
+        import random
+
+        def score(image_idx, class_idx, timesteps, noise_idx):
+            return [1.0 + 0.2 * (c != i % 5) + random.Random(f"{i} {c} {t} {n}").gauss(0, 0.3)
+                    for i, c, t, n in zip(image_idx, class_idx, timesteps, noise_idx)]
+
+        return score
+
+
+def test_the_suite_gives_the_same_rows_however_the_samplers_are_split_over_processes():
+    from suite import ErrorTable, evaluate_all, grid, key
+
+    labels = [i % 5 for i in range(12)]
+    configs = grid(quick=True)
+    one = evaluate_all(configs, ErrorTable(_PlantedModel(), None), labels, 1000, workers=1)
+    two = evaluate_all(configs, ErrorTable(_PlantedModel(), None), labels, 1000, workers=2)
+    assert list(one) == [key(s, o) for s, o in configs]
+    assert one == two
+    assert len({r["correct"] for r in one.values()}) > 3  # the planted errors do separate the configurations
+
+
+def test_the_suite_refuses_a_configuration_outside_the_filled_grid():
+    from diffcls_plugin.samplers.ttest import TTestOptions
+    from suite import ErrorTable, evaluate_all
+
+    with pytest.raises(RuntimeError, match="FILLERS"):
+        evaluate_all([("ttest", TTestOptions(timesteps="uniform"))], ErrorTable(_PlantedModel(), None), [0, 1, 2], 1000)

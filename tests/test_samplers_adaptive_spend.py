@@ -108,10 +108,18 @@ def test_stratified_order_covers_the_grid_evenly():
 
 
 def test_ttest_draws_and_p_values():
-    rounds = draws(TTestOptions(max_samples=3000, seed=3), 1000)
+    rounds = draws(TTestOptions(max_samples=3000, timesteps="uniform", seed=3), 1000)
     assert len(rounds) == 3000 and all(0 <= t < 1000 for t, _ in rounds)
     assert len(set(rounds)) == 3000  # a repeated timestep gets a fresh noise
-    assert rounds == draws(TTestOptions(max_samples=3000, seed=3), 1000)
+    assert rounds == draws(TTestOptions(max_samples=3000, timesteps="uniform", seed=3), 1000)
+    assert rounds != draws(TTestOptions(max_samples=3000, timesteps="uniform", seed=4), 1000)
+    # the grid: the 32-timestep baseline's own (timestep, noise) pairs, every prefix spread out
+    grid = draws(TTestOptions(max_samples=32), 1000)
+    assert sorted(grid) == [(t, 0) for t in li_timesteps(1000, 32)]
+    assert grid == [(li_timesteps(1000, 32)[i], 0) for i in visit_order(32, "stratified")]
+    assert sorted(t for t, _ in grid[:4]) == [li_timesteps(1000, 32)[i] for i in (0, 8, 16, 24)]
+    assert draws(TTestOptions(max_samples=32, seed=5), 1000) == grid  # the seed is the uniform draws'
+    assert sorted(draws(TTestOptions(max_samples=1000), 1000)) == [(t, 0) for t in range(1000)]  # every timestep once
     assert one_sided_p([1.0, 1.1, 0.9, 1.05]) < 1e-3
     assert one_sided_p([-1.0, -1.1, -0.9, -1.05]) > 0.999
     assert one_sided_p([0.5, -0.5, 0.4, -0.4]) == pytest.approx(0.5)
@@ -132,6 +140,8 @@ def test_ttest_draws_and_p_values():
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
         (TTestOptions(weight_rate=float("nan")), "ttest.weight_rate"),
+        (TTestOptions(timesteps="random"), "ttest.timesteps"),
+        (TTestOptions(max_samples=2000), "ttest.max_samples"),  # more grid timesteps than the model has
     ],
 )
 def test_bad_options_name_the_key(options, key):

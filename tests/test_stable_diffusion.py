@@ -254,7 +254,7 @@ def test_result_block_records_the_run(tiny_sd):
     results = model.classify(pixels(model, random_images(3)))
     block = model.result_block()
     assert block["sampler"] == "hierarchical" and block["seed"] == 3
-    assert block["config"]["sampler"]["beam_factor"] == 1.25 and block["config"]["sampler"]["direction"] == "center-out"
+    assert block["config"]["sampler"]["beam_factor"] == 1.1 and block["config"]["sampler"]["direction"] == "center-out"
     assert block["config"]["sampler"]["beam"] == "progressive" and block["config"]["sampler"]["preset"] is None
     assert block["checkpoint"]["folder"] == str(tiny_sd.resolve())
     assert block["n_images"] == 3

@@ -78,24 +78,24 @@ class RaceOptions(SamplerOptions):
             ``pooled`` (those variances averaged over the survivors, ``(k - 1)(n - 1)`` degrees of
             freedom; decisive after fewer slots; the default).
         correction: the multiple-comparison correction of the ``k - 1`` eliminations tested at
-            each slot (``k`` survivors): ``none`` (each at ``alpha``), ``bonferroni`` (each at
-            ``alpha / (k - 1)``; the default) or ``holm`` (Holm's step-down: the strongest case at
+            each slot (``k`` survivors): ``none`` (each at ``alpha``; the default), ``bonferroni``
+            (each at ``alpha / (k - 1)``) or ``holm`` (Holm's step-down: the strongest case at
             ``alpha / (k - 1)``, the next at ``alpha / (k - 2)``, ... until one fails).
     """
 
     section = "race"
     n_timesteps: int = 32
     n_noises: int = 1
-    # defaults chosen by bench/suite.py on the proxy pairs' validation splits, among races over the
+    # defaults chosen by bench/suite.py on its members' validation splits, among races over the
     # whole grid: at most a quarter of the 32-timestep baseline's evaluations, the smallest
     # worst-case gap to it plus one standard error
-    alpha: float = 0.1
-    min_slots: int = 2
+    alpha: float = 0.05
+    min_slots: int = 4
     max_slots: int | None = None
     order: str = "center-out"
     screen: float = 1.0
     variance: str = "pooled"
-    correction: str = "bonferroni"
+    correction: str = "none"
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         self._check_int("n_timesteps", 1, num_train_timesteps)
