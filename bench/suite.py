@@ -302,8 +302,9 @@ def measure_pair(pair: Pair, configs, splits: tuple[str, ...] = ("val", "test"),
         print(f"  {pair.name}/{split}: {len(labels)} images, {len(classnames)} classes, "
               f"{table.computed} UNet evaluations in {table.seconds:.0f} s, {len(rows)} configurations in {time.perf_counter() - start:.0f} s", flush=True)
     out["seconds_per_unet_eval"] = sum(s["unet_seconds"] for s in out["splits"].values()) / max(1, sum(s["unet_evals_computed"] for s in out["splits"].values()))
-    out["_model"] = model
-    out["_test_pixels"] = pixels  # the test split's, for timing without the cache
+    if "test" in splits:  # for timing without the cache (dropped before the record is written)
+        out["_model"] = model
+        out["_test_pixels"] = pixels
     return out
 
 
@@ -513,9 +514,9 @@ def report(data: list[dict], summary: dict, extra: list[dict] = ()) -> str:
              "32-timestep accuracy, as Stable Diffusion's is.", "",
              "## The pairs", "", "| pair | what | classes | val / test images | baseline-1 | baseline-32 (val) | baseline-1 | baseline-32 (test) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    b1 = key("baseline", BaselineOptions(n_timesteps=1))
     for d in data:
         v, t = d["splits"]["val"], d["splits"]["test"]
-        b1 = key("baseline", BaselineOptions(n_timesteps=1))
         lines.append(f"| {d['pair']} | {d['what']} | {v['n_classes']} | {v['n_images']} / {t['n_images']} | "
                      f"{100 * v['rows'][b1]['top1']:.1f} | {100 * base32(v)['top1']:.1f} | {100 * t['rows'][b1]['top1']:.1f} | {100 * base32(t)['top1']:.1f} |")
     for d in extra:
@@ -718,7 +719,6 @@ def main() -> None:
     for pair in members:
         d = measure_pair(pair, configs, ("val",), workers=args.workers)
         d["root"] = str(pair.root)
-        del d["_model"], d["_test_pixels"]
         extra.append(d)
 
     summary = summarize(data, extra)

@@ -2,7 +2,8 @@
 task for the proxy suite (``bench/suite.py``), with training, validation and test fonts disjoint.
 ``LOWERCASE`` is the same task for the 26 lowercase letters, ``CYRILLIC`` for the 32 lowercase
 Cyrillic letters а-я, ``GREEK`` for the 24 lowercase Greek letters α-ω and ``CYRILLIC_UPPER`` for
-the 32 capital Cyrillic letters А-Я (the held-out pairs of ``bench/holdout.py``): the same families in the same splits, as far as they cover the alphabet.
+the 32 capital Cyrillic letters А-Я (the validation-only and held-out pairs of
+``bench/proxies.py``): the same families in the same splits, as far as they cover the alphabet.
 
 Fonts: every face fontconfig lists whose character map covers A-Z, one face per family (the
 upright regular one where the family has it), symbol, math and icon fonts left out, and families

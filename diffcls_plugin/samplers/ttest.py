@@ -6,11 +6,13 @@ still in play (a paired comparison), and scores those classes (``timesteps: unif
 Jaini's). With ``timesteps: grid`` the rounds visit the ``max_samples`` evenly spaced timesteps of
 Li et al.'s grid instead, one noise each, in the race's stratified order (every prefix spread over
 ``[0, T)``): a stratified sample, so each class's mean error varies less than under uniform draws,
-and with ``max_samples: 32`` the rounds are the 32-timestep baseline's own evaluations. A class's score is the weighted
-mean of its errors, ``w_t = exp(-weight_rate * t / T)`` (their ``exp(-7t)`` with t in [0, 1];
-``weight_rate: 0`` is an unweighted mean). Once every class has ``min_samples`` scores, after
-each round every class whose weighted errors are worse than the leader's by a one-sided paired
-t-test at ``p`` is dropped. It stops when one class is left or after ``max_samples`` rounds.
+and with ``max_samples: 32`` the rounds are the 32-timestep baseline's own evaluations.
+
+A class's score is the weighted mean of its errors, ``w_t = exp(-weight_rate * t / T)`` (their
+``exp(-7t)`` with t in [0, 1]; ``weight_rate: 0`` is an unweighted mean). Once every class has
+``min_samples`` scores, after each round every class whose weighted errors are worse than the
+leader's by a one-sided paired t-test at ``p`` is dropped. It stops when one class is left or
+after ``max_samples`` rounds.
 
 Uniform timesteps come from a generator seeded with ``seed`` (the same sequence for every image;
 each image's noises are its own), so runs are reproducible and every configuration with the same
