@@ -133,6 +133,12 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     # step-down (pooled, as above; per-class in two orders) and Bonferroni's (pooled, whole grid)
     holm = itertools.product((0.3, 0.2, 0.1, 0.05), (2, 4), (None, 16, 8), (1.0, 0.5))
     configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=k, screen=f, variance="pooled", correction="holm")) for a, m, k, f in holm]
+    # the race with the hierarchical sampler's progressive beam (cut to the best 1/b after every
+    # slot, down to min_beam; the bounds eliminate on top of it): for the budgets of two to four
+    # slots per class, where the bounds alone cannot decide yet. alpha > 0 only: with alpha 0 it is
+    # the hierarchical sampler itself
+    beamed = itertools.product((0.2, 0.1, 0.05), (2, 4), (1.1, 1.25, 1.5, 2.0, 3.0), (1, 2, 3))
+    configs += [("race", RaceOptions(alpha=a, min_slots=m, beam_factor=b, min_beam=mb, variance="pooled", correction="none")) for a, m, b, mb in beamed]
     holm_per_class = itertools.product((0.2, 0.1, 0.05), (2, 4), ("stratified", "center-out"))
     configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=None, order=o, variance="per-class", correction="holm")) for a, m, o in holm_per_class]
     configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=None, variance="pooled", correction="bonferroni")) for a in (0.2, 0.1, 0.05) for m in (2, 4)]
@@ -571,6 +577,11 @@ def report(data: list[dict], summary: dict, extra: list[dict] = ()) -> str:
         "Per sampler and budget (evaluations as a fraction of baseline-32's): the defaults' rule on the other",
         "pairs' validation splits (costing at most the budget on each of them), read on the left-out pair's",
         "test split: top-1 % (evaluation ratio there). This is how a setting reaches a model it was not tuned on."], with_ratio=True)
+    lines += ["", "The settings the rule picks at each budget on every member's validation split (what `bench/holdout.py` reads):", "",
+              "| sampler | budget | options |", "|---|---:|---|"]
+    for family, per in summary["budget_settings"].items():
+        for b, options in per.items():
+            lines.append(f"| {family} | <= {float(b):g} | {'–' if options is None else short(options)} |")
     lines += budget_table(data, summary, "budgets", "Accuracy at each budget, tuned on each pair", [
         "Per pair and sampler: the most accurate configuration on that pair's validation split within the",
         "budget (evaluations as a fraction of baseline-32's), its top-1 on test. Families with more",
@@ -649,6 +660,13 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
     summary["budgets"] = {
         d["pair"]: {f: {str(b): (lambda k: None if k is None else {"key": k, **test_row(d, k)})(best_within(d, f, b)) for b in BUDGETS} for f in FAMILIES}
         for d in data
+    }
+    # per sampler and budget, the setting the defaults' rule picks on every member's validation
+    # split: what a user would carry to a new model (bench/holdout.py reads these on its pair)
+    summary["budget_settings"] = {
+        f: {str(b): (lambda k: None if k is None else data[0]["splits"]["val"]["rows"][k]["options"])(
+            choose(members, f, budget=b, strict=True)) for b in BUDGETS}
+        for f in FAMILIES
     }
     # one configuration per sampler and budget, chosen by the defaults' rule on the OTHER pairs'
     # validation splits (as a user would carry a setting to a new model), read on the left-out test split

@@ -1,9 +1,9 @@
 """26 capital letters rendered in the free font faces of Debian's font packages: a many-class
 task for the proxy suite (``bench/suite.py``), with training, validation and test fonts disjoint.
 ``LOWERCASE`` is the same task for the 26 lowercase letters, ``CYRILLIC`` for the 32 lowercase
-Cyrillic letters а-я, ``GREEK`` for the 24 lowercase Greek letters α-ω and ``CYRILLIC_UPPER`` for
-the 32 capital Cyrillic letters А-Я (the validation-only and held-out pairs of
-``bench/proxies.py``): the same families in the same splits, as far as they cover the alphabet.
+Cyrillic letters а-я, ``GREEK`` for the 24 lowercase Greek letters α-ω, ``CYRILLIC_UPPER`` for
+the 32 capital Cyrillic letters А-Я and ``GREEK_UPPER`` for the 24 capital Greek letters Α-Ω (the
+validation-only and held-out pairs of ``bench/proxies.py``): the same families in the same splits, as far as they cover the alphabet.
 
 Fonts: every face fontconfig lists whose character map covers A-Z, one face per family (the
 upright regular one where the family has it), symbol, math and icon fonts left out, and families
@@ -64,6 +64,13 @@ CYRILLIC_UPPER_CLASSNAMES = [chr(0x410 + i) for i in range(32)]  # А-Я (Ё lef
 CYRILLIC_UPPER_TEMPLATES = [
     "the capital cyrillic letter {c}.",
     "a printed capital cyrillic letter {c}.",
+    "the character {c}.",
+    "an image of the letter {c}.",
+]
+GREEK_UPPER_CLASSNAMES = [chr(c) for c in range(0x391, 0x3AA) if c != 0x3A2]  # Α-Ω (U+03A2 is unassigned)
+GREEK_UPPER_TEMPLATES = [
+    "the capital greek letter {c}.",
+    "a printed capital greek letter {c}.",
     "the character {c}.",
     "an image of the letter {c}.",
 ]
@@ -205,3 +212,4 @@ LOWERCASE = task(LOWERCASE_CLASSNAMES, LOWERCASE_TEMPLATES)
 CYRILLIC = task(CYRILLIC_CLASSNAMES, CYRILLIC_TEMPLATES)
 GREEK = task(GREEK_CLASSNAMES, GREEK_TEMPLATES)
 CYRILLIC_UPPER = task(CYRILLIC_UPPER_CLASSNAMES, CYRILLIC_UPPER_TEMPLATES)
+GREEK_UPPER = task(GREEK_UPPER_CLASSNAMES, GREEK_UPPER_TEMPLATES)

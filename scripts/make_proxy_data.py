@@ -24,6 +24,9 @@ webdatasets. Deterministic: every random degradation is seeded by the split and 
 - ``cyrillic-upper-fonts``: the 32 capital Cyrillic letters А-Я (``letters.CYRILLIC_UPPER``) in the
   held-out families that cover them, clean: the data of the fourth held-out pair, built after the
   first three had joined the choice of the defaults (their validation splits).
+- ``greek-upper-fonts``: the 24 capital Greek letters Α-Ω (``letters.GREEK_UPPER``) in the held-out
+  families that cover them, clean: the data of the fifth held-out pair, built before the race's
+  beam was chosen.
 
 Usage (needs the fonts of ``scripts/letters.py`` for the letter sets)::
 
@@ -77,14 +80,14 @@ def build(pair: str, split: str) -> tuple[list, np.ndarray, list[str], list[str]
             images = [noise(im, 80.0, rng) for im in images]
         return images, labels, digits.CLASSNAMES, digits.TEMPLATES
     task = {"lowercase-fonts": letters.LOWERCASE, "cyrillic-fonts": letters.CYRILLIC, "greek-fonts": letters.GREEK,
-            "cyrillic-upper-fonts": letters.CYRILLIC_UPPER}.get(pair, letters)
+            "cyrillic-upper-fonts": letters.CYRILLIC_UPPER, "greek-upper-fonts": letters.GREEK_UPPER}.get(pair, letters)
     images, labels = task.load_split(split, max_families=LETTER_FAMILIES[split])
     if pair == "letters-fonts":
         images = [noise(im, 24.0, rng) for im in images]
     return images, labels, task.CLASSNAMES, task.TEMPLATES
 
 
-PAIRS = ("digits-clean", "digits-noisy", "digits-grainy", "letters-fonts", "lowercase-fonts", "cyrillic-fonts", "greek-fonts", "cyrillic-upper-fonts")
+PAIRS = ("digits-clean", "digits-noisy", "digits-grainy", "letters-fonts", "lowercase-fonts", "cyrillic-fonts", "greek-fonts", "cyrillic-upper-fonts", "greek-upper-fonts")
 
 
 def main(argv=None) -> None:

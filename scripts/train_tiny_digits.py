@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import letters  # noqa: E402
 
 TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE, "cyrillic": letters.CYRILLIC, "greek": letters.GREEK,
-         "cyrillic-upper": letters.CYRILLIC_UPPER}
+         "cyrillic-upper": letters.CYRILLIC_UPPER, "greek-upper": letters.GREEK_UPPER}
 
 
 def font_task_data(name: str, covering: str) -> dict[str, str]:
@@ -81,6 +81,7 @@ TASK_DATA = {
     "greek": font_task_data("24 lowercase Greek letters (α-ω)", "α-ω"),
     "cyrillic": font_task_data("32 lowercase Cyrillic letters (а-я)", "а-я"),
     "cyrillic-upper": font_task_data("32 capital Cyrillic letters (А-Я)", "А-Я"),
+    "greek-upper": font_task_data("24 capital Greek letters (Α-Ω)", "Α-Ω"),
 }
 task = digits  # the task being trained (set from --task in main)
 
@@ -377,7 +378,7 @@ def folder_bytes(folder: Path) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
-    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters, lowercase, cyrillic, greek or cyrillic-upper (font renders, scripts/letters.py)")
+    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters, lowercase, cyrillic, greek, cyrillic-upper or greek-upper (font renders, scripts/letters.py)")
     p.add_argument("--name", default=None, help="model name recorded in TRAINING.json (default tiny-<task>)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything, and of the data split")
     p.add_argument("--threads", type=int, default=2)

@@ -132,3 +132,18 @@ def test_the_suite_refuses_a_configuration_outside_the_filled_grid():
 
     with pytest.raises(RuntimeError, match="FILLERS"):
         evaluate_all([("ttest", TTestOptions(timesteps="uniform"))], ErrorTable(_PlantedModel(), None), [0, 1, 2], 1000)
+
+
+def test_the_shipped_defaults_are_the_ones_the_suite_chose():
+    # the samplers' defaults in the code are the suite's picks in the committed record (adaptive is
+    # left out: its shipped defaults are Li et al.'s own schedule, the suite's are scaled to 32 timesteps)
+    from suite import RESULTS, key
+
+    from diffcls_plugin.samplers import HierarchicalOptions
+    from diffcls_plugin.samplers.race import RaceOptions
+    from diffcls_plugin.samplers.ttest import TTestOptions
+
+    chosen = json.loads((RESULTS / "suite.json").read_text())["summary"]["headline_keys"]
+    assert chosen["hierarchical"] == key("hierarchical", HierarchicalOptions())
+    assert chosen["race"] == key("race", RaceOptions())
+    assert chosen["ttest"] == key("ttest", TTestOptions(max_samples=32))

@@ -31,6 +31,7 @@ SAMPLERS = {
     "race-pooled-middle": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, max_slots=16, screen=0.5, correction="none")),
     "race-pooled-holm": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, correction="holm")),
     "race-per-class-bonferroni": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", min_slots=4, correction="bonferroni")),
+    "race-beam": lambda n, o=None: race(n, o or RaceOptions(alpha=0.1, min_slots=2, beam_factor=1.25, min_beam=2)),
     "ttest": lambda n, o=None: ttest(n, o or TTestOptions(min_samples=4, max_samples=64)),
 }
 
@@ -136,6 +137,9 @@ def test_ttest_draws_and_p_values():
         (RaceOptions(variance="shared"), "race.variance"),
         (RaceOptions(correction="sidak"), "race.correction"),
         (RaceOptions(max_slots=33), "race.max_slots"),
+        (RaceOptions(beam_factor=0.5), "race.beam_factor"),
+        (RaceOptions(beam_factor=float("inf")), "race.beam_factor"),
+        (RaceOptions(min_beam=0), "race.min_beam"),
         (RaceOptions(n_timesteps=8, max_slots=16), "race.max_slots"),  # a population larger than the grid
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
@@ -187,6 +191,43 @@ def test_screened_race_keeps_a_clear_winner_and_cuts_the_first_slot_to_the_best_
 def test_screen_of_one_is_the_plain_race():
     for seed in range(3):
         a = classify(race(10, RaceOptions(screen=1.0)), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
+        b = classify(race(10, RaceOptions()), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
+        assert a == b
+
+
+@pytest.mark.parametrize("beam_factor, min_beam", [(1.25, 2), (2.0, 1), (1.1, 3)])
+def test_beamed_race_that_cannot_eliminate_is_the_hierarchical_sampler(beam_factor, min_beam):
+    from diffcls_plugin.samplers import HierarchicalOptions, hierarchical
+
+    for seed in range(3):
+        scorer_a = Recorder(planted(12, 5, gap=0.05), jitter=0.5, seed=seed)
+        scorer_b = Recorder(planted(12, 5, gap=0.05), jitter=0.5, seed=seed)
+        options = RaceOptions(alpha=0, order="descending", beam_factor=beam_factor, min_beam=min_beam)
+        a = classify(race(12, options), scorer_a)
+        b = classify(hierarchical(12, HierarchicalOptions(beam_factor=beam_factor, min_beam=min_beam, direction="descending")), scorer_b)
+        assert a.ranking == b.ranking and a.scores == b.scores
+        assert a.n_evals == b.n_evals < 12 * 32
+        assert [sorted(c) for c in scorer_a.calls] == [sorted(c) for c in scorer_b.calls]  # the same evaluations, request by request
+
+
+def test_beamed_race_cuts_by_rank_from_the_first_slot_and_the_bounds_cut_further():
+    from diffcls_plugin.samplers import HierarchicalOptions, hierarchical
+
+    spent, beam_only = [], []
+    for seed in range(4):
+        scorer = Recorder(planted(26, 9, gap=1.0), jitter=0.05, seed=seed)
+        result = classify(race(26, RaceOptions(alpha=0.05, min_slots=4, beam_factor=1.5, min_beam=2)), scorer)
+        assert result.prediction == 9
+        assert [len(call) for call in scorer.calls[:3]] == [26, 17, 11]  # floor(26 / 1.5), floor(17 / 1.5)
+        spent.append(result.n_evals)
+        beam_only.append(classify(hierarchical(26, HierarchicalOptions(beam_factor=1.5, min_beam=2)), Recorder(planted(26, 9, gap=1.0), jitter=0.05, seed=seed)).n_evals)
+    # an easy image: the bounds end the race where the beam alone keeps two classes to the end
+    assert max(spent) < min(beam_only), (spent, beam_only)
+
+
+def test_race_with_a_beam_factor_of_one_is_the_plain_race():
+    for seed in range(3):
+        a = classify(race(10, RaceOptions(beam_factor=1.0, min_beam=5)), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
         b = classify(race(10, RaceOptions()), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
         assert a == b
 

@@ -28,6 +28,13 @@ population is exhausted; at that point ``se = 0`` and the prediction is exactly 
 among the survivors. So easy images cost a few slots of all classes, close calls cost more, and
 ``alpha = 0`` never eliminates: the result is the baseline's, evaluation for evaluation.
 
+A small budget (an eighth or a sixteenth of the baseline's evaluations: two to four slots per
+class) is spent before the bounds can decide anything. ``beam_factor`` gives the race the
+hierarchical sampler's progressive beam for that case: after every slot the survivors are also cut
+to their best ``1 / b`` by rank, down to ``min_beam``, and the bounds eliminate on top of it. With
+``alpha = 0`` that is the hierarchical sampler on the same visit order, evaluation for evaluation;
+with ``alpha > 0`` it spends less wherever the bounds are decisive.
+
 This is a racing algorithm (Maron & Moore 1994, "Hoeffding races"; successive elimination,
 Even-Dar et al. 2002) with the sampling-without-replacement correction of survey sampling; its
 pruning rule resembles Clark & Jaini 2023's paired t-test, but it estimates the baseline's own
@@ -58,7 +65,8 @@ class RaceOptions(SamplerOptions):
         n_noises: noise draws per timestep; the population has ``n_timesteps * n_noises`` slots.
         alpha: one-sided error level of each elimination (smaller is more careful and costs
             more). ``0`` never eliminates: the result equals the baseline's.
-        min_slots: slots every class is scored at before the first elimination (>= 2).
+        min_slots: slots every class is scored at before the bounds' first elimination (>= 2;
+            the beam, if any, cuts from the first slot).
         max_slots: the population is the first ``max_slots`` slots of the visit order
             (``None``, the default: all of them; 16: the middle half of the 32-timestep grid); at
             the cap the prediction is the survivor with the lowest mean error over them, and the
@@ -73,6 +81,14 @@ class RaceOptions(SamplerOptions):
             least two; the rest rank below the race's classes in that slot's order), before the
             race proper starts; ``1`` (the default) screens nothing. A hierarchical-style first
             cut that lowers the race's cost floor when classes are many or the budget is small.
+        beam_factor: b >= 1; after every slot, once the confidence eliminations are done, the
+            survivors are also cut to their best ``max(min_beam, floor(k / b))`` by mean error
+            over the slots seen (``k`` survivors): the hierarchical sampler's progressive beam,
+            which the race then tightens wherever the bounds are decisive. ``1`` (the default)
+            cuts nothing: the pure race. Eliminations by the bounds are not held to
+            ``min_beam``; the beam's cuts are. A small budget needs it: the bounds cannot
+            decide on the two or three slots such a budget pays for, a rank cut can.
+        min_beam: the beam never cuts the survivors below this many (>= 1); they race on.
         variance: how each elimination's standard error is estimated: ``per-class`` (each
             class's own paired differences to the leader, ``n - 1`` degrees of freedom) or
             ``pooled`` (those variances averaged over the survivors, ``(k - 1)(n - 1)`` degrees of
@@ -96,6 +112,8 @@ class RaceOptions(SamplerOptions):
     screen: float = 1.0
     variance: str = "pooled"
     correction: str = "none"
+    beam_factor: float = 1.0
+    min_beam: int = 2
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         self._check_int("n_timesteps", 1, num_train_timesteps)
@@ -119,6 +137,10 @@ class RaceOptions(SamplerOptions):
             raise self._fail("variance", f"must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
         if self.correction not in CORRECTIONS:
             raise self._fail("correction", f"must be one of {', '.join(CORRECTIONS)}, got {self.correction!r}")
+        b = self.beam_factor
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 1:
+            raise self._fail("beam_factor", f"must be a number >= 1 (1: no beam, the pure race), got {b!r}")
+        self._check_int("min_beam", 1)
 
 
 def _van_der_corput(k: int) -> float:
@@ -184,14 +206,22 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
         order = sorted(alive, key=lambda c: (evals.error(c, t, n), c))
         alive = order[:keep]
         pruned.append(order[keep:])
-    # the first min_slots slots need no decision in between: one flat request
+    beam = options.beam_factor > 1
+    if beam:  # the beam cuts after every slot: the first slots are requested one by one
+        n_seen = 1
+    # without a beam the first min_slots slots need no decision in between: one flat request
     yield from evals.ensure((c, t, n) for t, n in slots[:n_seen] for c in alive)
     stop_reason = "schedule"
     while True:
-        if len(alive) > 1 and options.alpha > 0 and n_seen >= 2:
+        if len(alive) > 1 and options.alpha > 0 and n_seen >= max(2, min(options.min_slots, n_cap)):
             alive, out = _eliminate(alive, slots[:n_seen], n_cap, evals, options.alpha, options.variance == "pooled", options.correction)
             if out:
                 pruned.append(out)
+        n_keep = max(options.min_beam, math.floor(len(alive) / options.beam_factor))
+        if beam and n_keep < len(alive) and n_seen < n_cap:
+            order = order_by_score(alive, evals)  # best first; all survivors share the slots seen
+            alive = order[:n_keep]
+            pruned.append(order[n_keep:])
         if len(alive) == 1 and n_classes > 1:
             stop_reason = "beam"
             break
