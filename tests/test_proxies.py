@@ -147,3 +147,17 @@ def test_the_shipped_defaults_are_the_ones_the_suite_chose():
     assert chosen["hierarchical"] == key("hierarchical", HierarchicalOptions())
     assert chosen["race"] == key("race", RaceOptions())
     assert chosen["ttest"] == key("ttest", TTestOptions(max_samples=32))
+
+
+def test_the_race_presets_for_small_budgets_are_the_suite_picks():
+    # `race: {preset: eighth}` and `sixteenth` are the settings the suite's rule picks within 1/8 and
+    # 1/16 of baseline-32's evaluations on every member's validation split
+    from suite import RESULTS
+
+    from diffcls_plugin.config import config_from_dict
+
+    picks = json.loads((RESULTS / "suite.json").read_text())["summary"]["budget_settings"]["race"]
+    for name, budget in (("sixteenth", 1 / 16), ("eighth", 1 / 8)):
+        options = config_from_dict({"race": {"preset": name}}).sampler_options("race").to_dict()
+        assert options.pop("preset") == name
+        assert options == {k: v for k, v in picks[str(budget)].items() if k != "preset"}

@@ -100,6 +100,13 @@ class RaceOptions(SamplerOptions):
     """
 
     section = "race"
+    # The settings bench/suite.py's rule picks on its members' validation splits for the small
+    # budgets (at most 1/16 and 1/8 of the 32-timestep baseline's evaluations on every one of
+    # them), where the bounds alone cannot decide yet: beamed races
+    PRESETS = {
+        "sixteenth": {"alpha": 0.2, "min_slots": 2, "beam_factor": 2.0, "min_beam": 3},
+        "eighth": {"alpha": 0.1, "min_slots": 4, "beam_factor": 1.25, "min_beam": 2},
+    }
     n_timesteps: int = 32
     n_noises: int = 1
     # defaults chosen by bench/suite.py on its members' validation splits, among races over the
