@@ -135,3 +135,24 @@ def test_hidden_files_in_a_results_folder_are_not_results(tmp_path):
     result = CliRunner().invoke(main, ["check", str(folder), "--reference", str(ref)])
     assert result.exit_code == 0, result.output
     assert "0 failed" in result.output
+
+
+def test_an_option_added_after_the_reference_matches_only_at_its_default():
+    # a reference written before the race had a beam records no beam_factor / min_beam: a result run
+    # with them at their defaults (the race as it was) is on the same setup; with a beam it is not
+    from types import SimpleNamespace
+
+    from diffcls_plugin.regression import setup_differences
+    from diffcls_plugin.samplers.race import RaceOptions
+
+    def result(options):
+        return SimpleNamespace(diffcls={"n_images": 100, "sampler": "race", "seed": 0, "config": {"sampler": options.to_dict()}})
+
+    older = {k: v for k, v in RaceOptions().to_dict().items() if k not in ("beam_factor", "min_beam")}
+    expected = {"n_images": 100, "sampler": "race", "options": older, "seed": 0}
+    assert setup_differences(expected, result(RaceOptions())) == []
+    assert setup_differences(expected, result(RaceOptions(min_beam=2))) == []  # 2 is the default
+    assert len(setup_differences(expected, result(RaceOptions(beam_factor=1.5)))) == 1
+    assert len(setup_differences(expected, result(RaceOptions(alpha=0.1)))) == 1  # a recorded option still counts
+    # a key the reference records but the result lacks is a difference too
+    assert len(setup_differences({**expected, "options": {**older, "gone": 1}}, result(RaceOptions()))) == 1

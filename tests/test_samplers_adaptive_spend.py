@@ -140,6 +140,7 @@ def test_ttest_draws_and_p_values():
         (RaceOptions(beam_factor=0.5), "race.beam_factor"),
         (RaceOptions(beam_factor=float("inf")), "race.beam_factor"),
         (RaceOptions(min_beam=0), "race.min_beam"),
+        (RaceOptions(beam_factor=1.5, screen=0.5), "race.beam_factor"),  # two rank cuts of the first slot
         (RaceOptions(n_timesteps=8, max_slots=16), "race.max_slots"),  # a population larger than the grid
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),

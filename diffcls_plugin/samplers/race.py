@@ -148,6 +148,9 @@ class RaceOptions(SamplerOptions):
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 1:
             raise self._fail("beam_factor", f"must be a number >= 1 (1: no beam, the pure race), got {b!r}")
         self._check_int("min_beam", 1)
+        if b > 1 and self.screen < 1:
+            raise self._fail("beam_factor", f"is {b} and race.screen is {self.screen}: both cut the first slot by rank; "
+                             "set race.screen to 1 (the beam's first cut screens) or race.beam_factor to 1")
 
 
 def _van_der_corput(k: int) -> float:
