@@ -45,7 +45,6 @@ from proxies import HOLDOUTS
 from suite import (
     BUDGETS,
     FAMILIES,
-    choose,
     evaluate,
     mcnemar_p,
     options_from,
@@ -63,11 +62,10 @@ GOAL_RACE = (0.25, 0.5)  # the race's goal: within 0.5 point of baseline-32 at <
 
 
 def configurations(suite: dict) -> tuple[dict[str, str], dict[str, dict[str, str | None]], dict[str, dict[str, str]]]:
-    """The shipped defaults' keys; per sampler and budget the rule's pick on the suite's pairs; and
-    per rule the suite compares, the defaults that rule picks."""
+    """The shipped defaults' keys; per sampler and budget the rule's pick on the suite's members; and
+    per rule the suite compares, the defaults that rule picks (all as the suite recorded them)."""
     headline = dict(suite["summary"]["headline_keys"])
-    pairs = suite["pairs"] + suite.get("validation_only", [])
-    budgets = {f: {str(b): choose(pairs, f, budget=b, strict=True) for b in BUDGETS} for f in FAMILIES}
+    budgets = {f: {b: cell and cell["key"] for b, cell in per.items()} for f, per in suite["summary"]["budget_settings"].items()}
     rules = {z: {f: r["key"] for f, r in per.items()} for z, per in suite["summary"]["rules"].items()}
     return headline, budgets, rules
 

@@ -292,7 +292,7 @@ def evaluate_all(configs, table: ErrorTable, labels: list[int], n_train: int, wo
 
 def measure_pair(pair: Pair, configs, splits: tuple[str, ...] = ("val", "test"), workers: int = 1) -> dict:
     model = pair_model(pair.pretrained)
-    out: dict = {"pair": pair.name, "pretrained": pair.pretrained, "what": pair.what, "splits": {}}
+    out: dict = {"pair": pair.name, "pretrained": pair.pretrained, "what": pair.what, "root": str(pair.root), "splits": {}}
     for split in splits:
         table, labels, classnames, pixels = split_table(model, pair.root, split)
         start = time.perf_counter()
@@ -580,8 +580,8 @@ def report(data: list[dict], summary: dict, extra: list[dict] = ()) -> str:
     lines += ["", "The settings the rule picks at each budget on every member's validation split (what `bench/holdout.py` reads):", "",
               "| sampler | budget | options |", "|---|---:|---|"]
     for family, per in summary["budget_settings"].items():
-        for b, options in per.items():
-            lines.append(f"| {family} | <= {float(b):g} | {'–' if options is None else short(options)} |")
+        for b, cell in per.items():
+            lines.append(f"| {family} | <= {float(b):g} | {'–' if cell is None else short(cell['options'])} |")
     lines += budget_table(data, summary, "budgets", "Accuracy at each budget, tuned on each pair", [
         "Per pair and sampler: the most accurate configuration on that pair's validation split within the",
         "budget (evaluations as a fraction of baseline-32's), its top-1 on test. Families with more",
@@ -664,7 +664,7 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
     # per sampler and budget, the setting the defaults' rule picks on every member's validation
     # split: what a user would carry to a new model (bench/holdout.py reads these on its pair)
     summary["budget_settings"] = {
-        f: {str(b): (lambda k: None if k is None else data[0]["splits"]["val"]["rows"][k]["options"])(
+        f: {str(b): (lambda k: None if k is None else {"key": k, "options": data[0]["splits"]["val"]["rows"][k]["options"]})(
             choose(members, f, budget=b, strict=True)) for b in BUDGETS}
         for f in FAMILIES
     }
@@ -731,13 +731,9 @@ def main() -> None:
     print(f"{len(configs)} configurations x {len(pairs)} pairs (+ {len(members)} validation-only)", flush=True)
     data, extra = [], []
     for pair in pairs:
-        d = measure_pair(pair, configs, workers=args.workers)
-        d["root"] = str(pair.root)
-        data.append(d)
+        data.append(measure_pair(pair, configs, workers=args.workers))
     for pair in members:
-        d = measure_pair(pair, configs, ("val",), workers=args.workers)
-        d["root"] = str(pair.root)
-        extra.append(d)
+        extra.append(measure_pair(pair, configs, ("val",), workers=args.workers))
 
     summary = summarize(data, extra)
     headline = summary["headline_keys"]

@@ -160,4 +160,4 @@ def test_the_race_presets_for_small_budgets_are_the_suite_picks():
     for name, budget in (("sixteenth", 1 / 16), ("eighth", 1 / 8)):
         options = config_from_dict({"race": {"preset": name}}).sampler_options("race").to_dict()
         assert options.pop("preset") == name
-        assert options == {k: v for k, v in picks[str(budget)].items() if k != "preset"}
+        assert options == {k: v for k, v in picks[str(budget)]["options"].items() if k != "preset"}

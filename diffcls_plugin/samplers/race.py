@@ -208,7 +208,10 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
     evals = Evaluations()
     alive = list(range(n_classes))
     pruned: list[list[int]] = []
-    n_seen = min(options.min_slots, n_cap)
+    beam = options.beam_factor > 1
+    # without a beam the first min_slots slots need no decision in between: one flat request; the
+    # beam cuts after every slot, so its slots are requested one by one
+    n_seen = 1 if beam else min(options.min_slots, n_cap)
     keep = max(2, math.ceil(options.screen * n_classes))
     if keep < n_classes:  # screening: the first slot for every class, then only the best `keep` race on
         t, n = slots[0]
@@ -216,10 +219,6 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
         order = sorted(alive, key=lambda c: (evals.error(c, t, n), c))
         alive = order[:keep]
         pruned.append(order[keep:])
-    beam = options.beam_factor > 1
-    if beam:  # the beam cuts after every slot: the first slots are requested one by one
-        n_seen = 1
-    # without a beam the first min_slots slots need no decision in between: one flat request
     yield from evals.ensure((c, t, n) for t, n in slots[:n_seen] for c in alive)
     stop_reason = "schedule"
     while True:
@@ -227,11 +226,12 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
             alive, out = _eliminate(alive, slots[:n_seen], n_cap, evals, options.alpha, options.variance == "pooled", options.correction)
             if out:
                 pruned.append(out)
-        n_keep = max(options.min_beam, math.floor(len(alive) / options.beam_factor))
-        if beam and n_keep < len(alive) and n_seen < n_cap:
-            order = order_by_score(alive, evals)  # best first; all survivors share the slots seen
-            alive = order[:n_keep]
-            pruned.append(order[n_keep:])
+        if beam and n_seen < n_cap:
+            n_keep = max(options.min_beam, math.floor(len(alive) / options.beam_factor))
+            if n_keep < len(alive):
+                order = order_by_score(alive, evals)  # best first; all survivors share the slots seen
+                alive = order[:n_keep]
+                pruned.append(order[n_keep:])
         if len(alive) == 1 and n_classes > 1:
             stop_reason = "beam"
             break
