@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from diffcls_plugin.classifier import DiffusionClassifier, load_classifier, package_versions
 from diffcls_plugin.config import load_config
-from diffcls_plugin.digits import CLASSNAMES, TEMPLATES, load_split
-from diffcls_plugin.model import DiffusionClassifier, load_classifier, package_versions
+from diffcls_plugin.data.digits import CLASSNAMES, TEMPLATES, load_split
 
 RESULTS = Path(__file__).parent / "results"
 

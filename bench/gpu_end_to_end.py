@@ -39,14 +39,28 @@ CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
 OPENCLIP_H = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, projection_dim=512, hidden_act="gelu")
 TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32, hidden_act="gelu")
 # VAEs (vae/config.json): SD 2 and SDXL share the architecture, SD3's has 16 latent channels and a shift
-VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-TINY_VAE = dict(VAE, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
-                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-VAES = {"sd2-base": dict(sample_size=768, scaling_factor=0.18215),
-        "sdxl-base": dict(sample_size=1024, scaling_factor=0.13025, force_upcast=True),
-        "sd3-medium": dict(sample_size=1024, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
-                           use_quant_conv=False, use_post_quant_conv=False)}
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
+TINY_VAE = dict(
+    VAE,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=8,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+)
+VAES = {
+    "sd2-base": dict(sample_size=768, scaling_factor=0.18215),
+    "sdxl-base": dict(sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    "sd3-medium": dict(sample_size=1024, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+}
 
 
 def denoiser_config(arch: str, tiny: bool) -> dict:
@@ -60,8 +74,16 @@ def text_encoder(cls, shape: dict, vocab: int, tokenizer, tiny: bool):
     from transformers import CLIPTextConfig
 
     shape = dict(TINY_TEXT, projection_dim=shape["projection_dim"] if not tiny else TINY_TEXT["projection_dim"]) if tiny else shape
-    return cls(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape))
+    return cls(
+        CLIPTextConfig(
+            vocab_size=vocab,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **shape,
+        )
+    )
 
 
 def build_pipeline(arch: str, folder: Path, tiny: bool, device: torch.device) -> dict:
@@ -69,7 +91,7 @@ def build_pipeline(arch: str, folder: Path, tiny: bool, device: torch.device) ->
     import diffusers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from diffcls_plugin.tokenizer import CLIP_N_MERGES, save_clip_tokenizer
+    from diffcls_plugin.data.tokenizer import CLIP_N_MERGES, save_clip_tokenizer
 
     torch.manual_seed(0)
     tokenizer = save_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer", n_merges=1000 if tiny else CLIP_N_MERGES)
@@ -82,22 +104,35 @@ def build_pipeline(arch: str, folder: Path, tiny: bool, device: torch.device) ->
     with torch.device(device):
         vae = diffusers.AutoencoderKL(**vae_config)
         if arch == "sd2-base":
-            scheduler = diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                                clip_sample=False, steps_offset=1, prediction_type="epsilon")
+            scheduler = diffusers.DDPMScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1, prediction_type="epsilon"
+            )
             pipe = diffusers.StableDiffusionPipeline(
-                unet=diffusers.UNet2DConditionModel(**net), vae=vae, tokenizer=tokenizer, scheduler=scheduler,
+                unet=diffusers.UNet2DConditionModel(**net),
+                vae=vae,
+                tokenizer=tokenizer,
+                scheduler=scheduler,
                 text_encoder=text_encoder(CLIPTextModel, OPENCLIP_H, vocab, tokenizer, tiny),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
         elif arch == "sdxl-base":
-            scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                                         steps_offset=1, timestep_spacing="leading")
+            scheduler = diffusers.EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+            )
             enc2 = text_encoder(CLIPTextModelWithProjection, CLIP_BIGG, vocab, tokenizer, tiny)
             if tiny:  # the tiny UNet's conditioning widths, from bench/gpu_throughput.py's TINY_SDXL_UNET
                 net.update(cross_attention_dim=2 * TINY_TEXT["hidden_size"], projection_class_embeddings_input_dim=6 * 8 + TINY_TEXT["projection_dim"])
             pipe = diffusers.StableDiffusionXLPipeline(
-                unet=diffusers.UNet2DConditionModel(**net), vae=vae, scheduler=scheduler,
-                text_encoder=text_encoder(CLIPTextModel, CLIP_L, vocab, tokenizer, tiny), tokenizer=tokenizer,
-                text_encoder_2=enc2, tokenizer_2=tokenizer)
+                unet=diffusers.UNet2DConditionModel(**net),
+                vae=vae,
+                scheduler=scheduler,
+                text_encoder=text_encoder(CLIPTextModel, CLIP_L, vocab, tokenizer, tiny),
+                tokenizer=tokenizer,
+                text_encoder_2=enc2,
+                tokenizer_2=tokenizer,
+            )
         else:
             scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
             if tiny:
@@ -105,10 +140,16 @@ def build_pipeline(arch: str, folder: Path, tiny: bool, device: torch.device) ->
                 vae_config["latent_channels"] = 4
                 vae = diffusers.AutoencoderKL(**vae_config)
             pipe = diffusers.StableDiffusion3Pipeline(
-                transformer=diffusers.SD3Transformer2DModel(**net), vae=vae, scheduler=scheduler,
-                text_encoder=text_encoder(CLIPTextModelWithProjection, CLIP_L, vocab, tokenizer, tiny), tokenizer=tokenizer,
-                text_encoder_2=text_encoder(CLIPTextModelWithProjection, CLIP_BIGG, vocab, tokenizer, tiny), tokenizer_2=tokenizer,
-                text_encoder_3=None, tokenizer_3=None)
+                transformer=diffusers.SD3Transformer2DModel(**net),
+                vae=vae,
+                scheduler=scheduler,
+                text_encoder=text_encoder(CLIPTextModelWithProjection, CLIP_L, vocab, tokenizer, tiny),
+                tokenizer=tokenizer,
+                text_encoder_2=text_encoder(CLIPTextModelWithProjection, CLIP_BIGG, vocab, tokenizer, tiny),
+                tokenizer_2=tokenizer,
+                text_encoder_3=None,
+                tokenizer_3=None,
+            )
     built = time.perf_counter() - start
     pipe.to(dtype=torch.float16)
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -175,27 +216,46 @@ def main() -> int:
         for file in sorted(results.glob("*.json")):
             data = json.loads(file.read_text())
             block = data["diffcls"]
-            rows.append(dict(
-                arch=arch, family=block.get("family"), sampler=block["sampler"], dtype=block["config"]["dtype"],
-                image_size=block["config"]["image_size"], n_images=block["n_images"],
-                unet_evals_per_image=block["unet_evals_per_image"], seconds_per_image=block["seconds_per_image"],
-                evals_per_second=block["unet_evals_per_image"] / block["seconds_per_image"],
-                acc1_random_weights=data["metrics"]["acc1"], run_wall_seconds=wall,
-            ))
+            rows.append(
+                dict(
+                    arch=arch,
+                    family=block.get("family"),
+                    sampler=block["sampler"],
+                    dtype=block["config"]["dtype"],
+                    image_size=block["config"]["image_size"],
+                    n_images=block["n_images"],
+                    unet_evals_per_image=block["unet_evals_per_image"],
+                    seconds_per_image=block["seconds_per_image"],
+                    evals_per_second=block["unet_evals_per_image"] / block["seconds_per_image"],
+                    acc1_random_weights=data["metrics"]["acc1"],
+                    run_wall_seconds=wall,
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
-    meta = dict(device=torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", torch=torch.__version__,
-                model="random-weight pipelines" + (" (tiny)" if args.tiny else " (published configs)"),
-                dataset=f"wds/digits, {args.per_class} per class", builds=builds)
+    meta = dict(
+        device=torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        model="random-weight pipelines" + (" (tiny)" if args.tiny else " (published configs)"),
+        dataset=f"wds/digits, {args.per_class} per class",
+        builds=builds,
+    )
     (out / "gpu_end_to_end.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# End to end through clip_benchmark: {meta['model']} on {meta['device']}", "",
-             f"{meta['dataset']}; torch {torch.__version__}. Random weights: the accuracy is chance and not reported.", "",
-             "| arch | family | sampler | dtype | px | images | evals/img | s/img | evals/s |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# End to end through clip_benchmark: {meta['model']} on {meta['device']}",
+        "",
+        f"{meta['dataset']}; torch {torch.__version__}. Random weights: the accuracy is chance and not reported.",
+        "",
+        "| arch | family | sampler | dtype | px | images | evals/img | s/img | evals/s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['arch']} | {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['arch']} | {r['family']} | {r['sampler']} | {r['dtype']} | {r['image_size']} | {r['n_images']} | "
-                     f"{r['unet_evals_per_image']:.0f} | {r['seconds_per_image']:.3f} | {r['evals_per_second']:.1f} |")
+        lines.append(
+            f"| {r['arch']} | {r['family']} | {r['sampler']} | {r['dtype']} | {r['image_size']} | {r['n_images']} | "
+            f"{r['unet_evals_per_image']:.0f} | {r['seconds_per_image']:.3f} | {r['evals_per_second']:.1f} |"
+        )
     (out / "gpu_end_to_end.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'gpu_end_to_end.json'} and {out / 'gpu_end_to_end.md'}")
     return 1 if any("error" in r for r in rows) else 0

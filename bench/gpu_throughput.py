@@ -25,51 +25,106 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import add_gpu_flags, gpu_device
 
 # Stable Diffusion 2 base (stabilityai/stable-diffusion-2-base), unet/config.json
 SD2_BASE_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
-    norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    norm_num_groups=32,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
 )
 # text_encoder/config.json (OpenCLIP ViT-H/14 text tower, penultimate layer: 23 layers)
 SD2_BASE_TEXT = dict(
-    vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-    num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
 )
 # vae/config.json
 SD2_BASE_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=768,
     block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
 )
 TINY_UNET = dict(SD2_BASE_UNET, sample_size=8, block_out_channels=(32, 32, 64, 64), attention_head_dim=(2, 2, 4, 4), cross_attention_dim=32, norm_num_groups=8)
 # Stable Diffusion XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), unet/config.json
 SDXL_BASE_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+    attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
 )
-TINY_SDXL_UNET = dict(SDXL_BASE_UNET, sample_size=8, block_out_channels=(16, 32, 32), attention_head_dim=(2, 4, 4),
-                      transformer_layers_per_block=(1, 1, 1), cross_attention_dim=64, addition_time_embed_dim=8,
-                      projection_class_embeddings_input_dim=6 * 8 + 16, norm_num_groups=8)
+TINY_SDXL_UNET = dict(
+    SDXL_BASE_UNET,
+    sample_size=8,
+    block_out_channels=(16, 32, 32),
+    attention_head_dim=(2, 4, 4),
+    transformer_layers_per_block=(1, 1, 1),
+    cross_attention_dim=64,
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 16,
+    norm_num_groups=8,
+)
 # Stable Diffusion 3 medium (stabilityai/stable-diffusion-3-medium-diffusers), transformer/config.json
 SD3_MEDIUM_TRANSFORMER = dict(
-    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
-    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
     pos_embed_max_size=192,
 )
-TINY_SD3_TRANSFORMER = dict(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-                            num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=16)
+TINY_SD3_TRANSFORMER = dict(
+    sample_size=8,
+    patch_size=1,
+    in_channels=4,
+    out_channels=4,
+    num_layers=1,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    joint_attention_dim=32,
+    caption_projection_dim=32,
+    pooled_projection_dim=16,
+)
 ARCHS = {  # name -> (kind, config, tiny config, text tokens)
     "sd2-base": ("unet", SD2_BASE_UNET, TINY_UNET, 77),
     "sdxl-base": ("unet", SDXL_BASE_UNET, TINY_SDXL_UNET, 77),
@@ -104,19 +159,38 @@ def inputs(arch: str, config: dict, batch: int, dtype, device) -> dict:
     side, channels = config["sample_size"], config["in_channels"]
     sample = torch.randn(batch, channels, side, side, device=device, dtype=dtype)
     if kind == "mmdit":
-        return dict(hidden_states=sample, timestep=torch.rand(batch, device=device, dtype=dtype) * 1000,
-                    encoder_hidden_states=torch.randn(batch, tokens, config["joint_attention_dim"], device=device, dtype=dtype),
-                    pooled_projections=torch.randn(batch, config["pooled_projection_dim"], device=device, dtype=dtype))
-    out = dict(sample=sample.contiguous(memory_format=torch.channels_last), timestep=torch.randint(0, 1000, (batch,), device=device),
-               encoder_hidden_states=torch.randn(batch, tokens, config["cross_attention_dim"], device=device, dtype=dtype))
+        return dict(
+            hidden_states=sample,
+            timestep=torch.rand(batch, device=device, dtype=dtype) * 1000,
+            encoder_hidden_states=torch.randn(batch, tokens, config["joint_attention_dim"], device=device, dtype=dtype),
+            pooled_projections=torch.randn(batch, config["pooled_projection_dim"], device=device, dtype=dtype),
+        )
+    out = dict(
+        sample=sample.contiguous(memory_format=torch.channels_last),
+        timestep=torch.randint(0, 1000, (batch,), device=device),
+        encoder_hidden_states=torch.randn(batch, tokens, config["cross_attention_dim"], device=device, dtype=dtype),
+    )
     if config.get("addition_embed_type") == "text_time":
         pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
-        out["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
-                                    "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]], device=device, dtype=dtype).repeat(batch, 1)}
+        out["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
+            "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]], device=device, dtype=dtype).repeat(batch, 1),
+        }
     return out
 
+
 # dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets
-PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 3090": 71.0, "RTX 4090": 165.2}
+PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "RTX 3090": 71.0,
+    "RTX 4090": 165.2,
+}
 
 
 def peak_for(name: str) -> float | None:
@@ -202,9 +276,17 @@ def main() -> int:
                         torch.cuda.empty_cache()
                         continue
                     tflops = flops * evals / 1e12
-                    row = dict(arch=arch, dtype=dtype_name, compile=compiled, batch_size=batch, evals_per_s=evals,
-                               gflops_per_eval=flops / 1e9, achieved_tflops=tflops, fraction_of_peak=(tflops / peak) if peak else None,
-                               latents=f"{config['in_channels']}x{config['sample_size']}x{config['sample_size']}")
+                    row = dict(
+                        arch=arch,
+                        dtype=dtype_name,
+                        compile=compiled,
+                        batch_size=batch,
+                        evals_per_s=evals,
+                        gflops_per_eval=flops / 1e9,
+                        achieved_tflops=tflops,
+                        fraction_of_peak=(tflops / peak) if peak else None,
+                        latents=f"{config['in_channels']}x{config['sample_size']}x{config['sample_size']}",
+                    )
                     rows.append(row)
                     print(json.dumps(row), flush=True)
         base.to("cpu")
@@ -213,16 +295,30 @@ def main() -> int:
             torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = dict(device=name, peak_dense_tflops=peak, torch=torch.__version__, cuda=torch.version.cuda,
-                model=("random-weight denoisers of " + args.arch) if not args.tiny else "tiny denoisers (smoke test)",
-                parameters=params, seconds_per_config=args.seconds, python=sys.version.split()[0])
+    meta = dict(
+        device=name,
+        peak_dense_tflops=peak,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        model=("random-weight denoisers of " + args.arch) if not args.tiny else "tiny denoisers (smoke test)",
+        parameters=params,
+        seconds_per_config=args.seconds,
+        python=sys.version.split()[0],
+    )
     (out / "gpu_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# GPU throughput: {meta['model']} on {name}", "",
-             f"Peak (dense fp16/bf16): {peak or 'unknown'} TFLOP/s; torch {torch.__version__}.", "",
-             "| arch | latents | dtype | compile | batch | evals/s | GFLOP/eval | TFLOP/s | % of peak |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# GPU throughput: {meta['model']} on {name}",
+        "",
+        f"Peak (dense fp16/bf16): {peak or 'unknown'} TFLOP/s; torch {torch.__version__}.",
+        "",
+        "| arch | latents | dtype | compile | batch | evals/s | GFLOP/eval | TFLOP/s | % of peak |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         pct = f"{100 * r['fraction_of_peak']:.1f}" if r["fraction_of_peak"] else "–"
-        lines.append(f"| {r['arch']} | {r['latents']} | {r['dtype']} | {r['compile']} | {r['batch_size']} | {r['evals_per_s']:.1f} | {r['gflops_per_eval']:.1f} | {r['achieved_tflops']:.1f} | {pct} |")
+        lines.append(
+            f"| {r['arch']} | {r['latents']} | {r['dtype']} | {r['compile']} | {r['batch_size']} | {r['evals_per_s']:.1f} | {r['gflops_per_eval']:.1f} | {r['achieved_tflops']:.1f} | {pct} |"
+        )
     (out / "gpu_throughput.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'gpu_throughput.json'} and {out / 'gpu_throughput.md'}")
     return 0

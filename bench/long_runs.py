@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, environment
+
 from diffcls_plugin.store import committed
 
 MODEL = "diffusion-baseline"
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int, default=180, help="kill the run once this many images are committed")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    from diffcls_plugin.digits import ensure_digits_wds
+    from diffcls_plugin.data.digits import ensure_digits_wds
 
     root = ensure_digits_wds()
     script = shutil.which("clip_benchmark") or str(Path(sys.executable).parent / "clip_benchmark")
@@ -47,8 +48,23 @@ def main() -> None:
     config.write_text("baseline:\n  n_timesteps: 32\nunet_batch_size: 256\n")
 
     def command(out: str) -> list[str]:
-        return [MODEL, "--pretrained", "tiny-digits", "--dataset", "wds/digits", "--dataset_root", str(root),
-                "--batch_size", "32", "--num_workers", "0", "--seed", "0", "--output", str(work / out)]
+        return [
+            MODEL,
+            "--pretrained",
+            "tiny-digits",
+            "--dataset",
+            "wds/digits",
+            "--dataset_root",
+            str(root),
+            "--batch_size",
+            "32",
+            "--num_workers",
+            "0",
+            "--seed",
+            "0",
+            "--output",
+            str(work / out),
+        ]
 
     def env(cache: str | None, **extra: str) -> dict[str, str]:
         out = dict(os.environ, DIFFCLS_CONFIG=str(config), HF_HUB_OFFLINE="1", **extra)
@@ -81,16 +97,24 @@ def main() -> None:
     killed_s, done = time.perf_counter() - start, committed(store)
     resumed_s, resumed = timed([*eval_, *command("resumed.json")], env("cache-killed"))
     record["killed"] = {"seconds_until_kill": killed_s, "images_committed": done}
-    record["resumed"] = {"seconds": resumed_s, "metrics": resumed["metrics"], "computed": resumed["diffcls"]["computed"],
-                         "metrics_equal_uninterrupted": resumed["metrics"] == whole["metrics"]}
+    record["resumed"] = {
+        "seconds": resumed_s,
+        "metrics": resumed["metrics"],
+        "computed": resumed["diffcls"]["computed"],
+        "metrics_equal_uninterrupted": resumed["metrics"] == whole["metrics"],
+    }
     print(f"killed after {killed_s:.1f} s with {done} images committed; resumed in {resumed_s:.1f} s", flush=True)
 
     one_s, one = timed([*eval_, *command("one.json")], env(None))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, "eval", "--model"]
     two_s, two = timed([*torchrun, *command("two.json")], env(None, OMP_NUM_THREADS="1"))
     record["one_process"] = {"seconds": one_s, "metrics": one["metrics"]}
-    record["torchrun_2_gloo"] = {"seconds": two_s, "metrics": two["metrics"], "distributed": two["diffcls"]["distributed"],
-                                 "metrics_equal_one_process": two["metrics"] == one["metrics"]}
+    record["torchrun_2_gloo"] = {
+        "seconds": two_s,
+        "metrics": two["metrics"],
+        "distributed": two["diffcls"]["distributed"],
+        "metrics_equal_one_process": two["metrics"] == one["metrics"],
+    }
     print(f"one process {one_s:.1f} s; torchrun x2 {two_s:.1f} s", flush=True)
 
     out = Path(args.out)
@@ -98,16 +122,20 @@ def main() -> None:
     (out / "long_runs.json").write_text(json.dumps(record, indent=1) + "\n")
     m = lambda d: f"{100 * d['acc1']:.2f} / {100 * d['mean_per_class_recall']:.2f}"  # noqa: E731
     lines = [
-        "# Long runs on the embedded model (`python bench/long_runs.py`)", "",
+        "# Long runs on the embedded model (`python bench/long_runs.py`)",
+        "",
         f"`clip_benchmark eval --model {MODEL} --pretrained tiny-digits --dataset wds/digits` (360 test digits, 32 timesteps), "
-        f"{os.cpu_count()} CPU cores, wall seconds including start-up.", "",
-        "| run | wall s | images computed | from the store | top-1 / recall % | equal to |", "|---|---:|---:|---:|---|---|",
+        f"{os.cpu_count()} CPU cores, wall seconds including start-up.",
+        "",
+        "| run | wall s | images computed | from the store | top-1 / recall % | equal to |",
+        "|---|---:|---:|---:|---|---|",
         f"| uninterrupted (fresh store) | {whole_s:.1f} | {whole['diffcls']['computed']['n_images']} | {whole['diffcls']['computed']['n_images_from_store']} | {m(whole['metrics'])} | |",
         f"| killed with SIGKILL | {killed_s:.1f} | {done} committed | | | |",
         f"| the same command again | {resumed_s:.1f} | {resumed['diffcls']['computed']['n_images']} | {resumed['diffcls']['computed']['n_images_from_store']} | {m(resumed['metrics'])} | uninterrupted: {resumed['metrics'] == whole['metrics']} |",
         f"| one process (store off) | {one_s:.1f} | {one['diffcls']['computed']['n_images']} | 0 | {m(one['metrics'])} | |",
         f"| torchrun, 2 gloo processes (store off) | {two_s:.1f} | {two['diffcls']['computed']['n_images']} | 0 | {m(two['metrics'])} | one process: {two['metrics'] == one['metrics']} |",
-        "", f"Images per rank under torchrun: {two['diffcls']['distributed']['images_per_rank']}. On 2 CPU cores two processes share the",
+        "",
+        f"Images per rank under torchrun: {two['diffcls']['distributed']['images_per_rank']}. On 2 CPU cores two processes share the",
         "same cores as one two-thread process, so no speed-up is expected here; the check is that the metrics are identical.",
     ]
     (out / "long_runs.md").write_text("\n".join(lines) + "\n")

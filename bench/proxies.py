@@ -47,14 +47,12 @@ class Pair:
 
 
 PAIRS = (
-    Pair("digits-early", str(MODELS / "tiny-digits-early"), "digits-clean",
-         "tiny-digits-early (600 training steps); clean held-out digits"),
-    Pair("digits-noisy", str(MODELS / "tiny-digits-early"), "digits-noisy",
-         "tiny-digits-early; held-out digits rotated, blurred and noised"),
-    Pair("digits-grainy", str(MODELS / "tiny-digits-early"), "digits-grainy",
-         "tiny-digits-early; held-out digits under heavy pixel noise"),
-    Pair("letters-early", str(MODELS / "tiny-letters-early"), "letters-fonts",
-         "tiny-letters-early (400 of 3000 steps, 26 classes); held-out font faces, noised"),
+    Pair("digits-early", str(MODELS / "tiny-digits-early"), "digits-clean", "tiny-digits-early (600 training steps); clean held-out digits"),
+    Pair("digits-noisy", str(MODELS / "tiny-digits-early"), "digits-noisy", "tiny-digits-early; held-out digits rotated, blurred and noised"),
+    Pair("digits-grainy", str(MODELS / "tiny-digits-early"), "digits-grainy", "tiny-digits-early; held-out digits under heavy pixel noise"),
+    Pair(
+        "letters-early", str(MODELS / "tiny-letters-early"), "letters-fonts", "tiny-letters-early (400 of 3000 steps, 26 classes); held-out font faces, noised"
+    ),
 )
 
 # The first three held-out pairs, each read once by bench/holdout.py with the settings
@@ -66,12 +64,21 @@ PAIRS = (
 # early cut costs; the pairs above are degraded or weak, and there pruning often gains. Their
 # validation splits now join every choice of bench/suite.py (their test splits are not read there).
 VALIDATION_ONLY = (
-    Pair("lowercase-early", str(MODELS / "tiny-lowercase-early"), "lowercase-fonts",
-         "tiny-lowercase-early (400 steps, 26 lowercase letters); held-out font faces, clean"),
-    Pair("cyrillic-early", str(MODELS / "tiny-cyrillic-early"), "cyrillic-fonts",
-         "tiny-cyrillic-early (400 steps, 32 lowercase Cyrillic letters); held-out font faces, clean"),
-    Pair("greek-early", str(MODELS / "tiny-greek-early"), "greek-fonts",
-         "tiny-greek-early (400 steps, 24 lowercase Greek letters); held-out font faces, clean"),
+    Pair(
+        "lowercase-early",
+        str(MODELS / "tiny-lowercase-early"),
+        "lowercase-fonts",
+        "tiny-lowercase-early (400 steps, 26 lowercase letters); held-out font faces, clean",
+    ),
+    Pair(
+        "cyrillic-early",
+        str(MODELS / "tiny-cyrillic-early"),
+        "cyrillic-fonts",
+        "tiny-cyrillic-early (400 steps, 32 lowercase Cyrillic letters); held-out font faces, clean",
+    ),
+    Pair(
+        "greek-early", str(MODELS / "tiny-greek-early"), "greek-fonts", "tiny-greek-early (400 steps, 24 lowercase Greek letters); held-out font faces, clean"
+    ),
 )
 
 # Kept out of the suite and out of every choice: each read once by bench/holdout.py, with the
@@ -80,8 +87,16 @@ VALIDATION_ONLY = (
 # bench/results/holdout-cyrillic-upper-early.md); greek-upper-early after that read, before the
 # race's beam was chosen, to check it.
 HOLDOUTS = (
-    Pair("cyrillic-upper-early", str(MODELS / "tiny-cyrillic-upper-early"), "cyrillic-upper-fonts",
-         "tiny-cyrillic-upper-early (400 steps, 32 capital Cyrillic letters); held-out font faces, clean"),
-    Pair("greek-upper-early", str(MODELS / "tiny-greek-upper-early"), "greek-upper-fonts",
-         "tiny-greek-upper-early (400 steps, 24 capital Greek letters); held-out font faces, clean"),
+    Pair(
+        "cyrillic-upper-early",
+        str(MODELS / "tiny-cyrillic-upper-early"),
+        "cyrillic-upper-fonts",
+        "tiny-cyrillic-upper-early (400 steps, 32 capital Cyrillic letters); held-out font faces, clean",
+    ),
+    Pair(
+        "greek-upper-early",
+        str(MODELS / "tiny-greek-upper-early"),
+        "greek-upper-fonts",
+        "tiny-greek-upper-early (400 steps, 24 capital Greek letters); held-out font faces, clean",
+    ),
 )

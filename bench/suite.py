@@ -49,10 +49,12 @@ from io import BytesIO
 from pathlib import Path
 
 import torch
-
 from common import RESULTS, environment
+from proxies import PAIRS, VALIDATION_ONLY, Pair
+from variants import RaceVariant, from_recorded, recorded, sampler_fn
+
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import load_config
-from diffcls_plugin.model import load_classifier
 from diffcls_plugin.samplers import (
     SAMPLERS,
     AdaptiveOptions,
@@ -63,7 +65,6 @@ from diffcls_plugin.samplers import (
 )
 from diffcls_plugin.samplers.race import RaceOptions
 from diffcls_plugin.samplers.ttest import TTestOptions
-from proxies import PAIRS, VALIDATION_ONLY, Pair
 
 # what each sampler's shipped defaults may cost, as a fraction of baseline-32's evaluations: the
 # bounds of the goals set for them (the hierarchical sampler: the paper's claim, within 1 point at
@@ -81,17 +82,18 @@ RULE_Z = 1.0
 RULE_ZS = (0.0, 1.0)  # the rules compared in the report
 # the configurations a sampler's defaults (and each budget's carried setting) are chosen from: the
 # race's must estimate baseline-32's own decision, so its population is the whole grid. A capped
-# population (`max_slots`) estimates the baseline on the middle of the grid instead, which gained
-# on the degraded suite pairs and was chosen when allowed, but lost on a held-out clean pair
-# (cyrillic-early: 5.5 points on test; on its validation split the baseline on the middle 16
-# timesteps is itself 1.9 points behind all 32): which timesteps carry the class is the model's
-# business, not a default's
-CANDIDATES = {"race": lambda row: row["options"]["max_slots"] is None}
+# population (the bench's `RaceVariant.max_slots`, once the race's `max_slots`) estimates the
+# baseline on the middle of the grid instead, which gained on the degraded suite pairs and was
+# chosen when allowed, but lost on a held-out clean pair (cyrillic-early: 5.5 points on test; on
+# its validation split the baseline on the middle 16 timesteps is itself 1.9 points behind all
+# 32): which timesteps carry the class is the model's business, not a default's. And a shipped
+# setting must be one the race can run: no first-slot screen (`RaceVariant.screen`; the rule never picked one)
+CANDIDATES = {"race": lambda row: row["options"]["max_slots"] is None and row["options"]["screen"] == 1.0}
 FAMILIES = ("adaptive", "hierarchical", "ttest", "race")
 
 
 # ----------------------------------------------------------------------------- configurations
-def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
+def grid(quick: bool = False) -> list[tuple[str, SamplerOptions | RaceVariant]]:
     """Every configuration measured: (sampler name, options). Every option whose default has
     ever changed is spelled out, so that a configuration keeps its key in ``suite.json``.
 
@@ -100,12 +102,16 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     every image: the t-test's rounds visit the grid (``timesteps: grid``); Li et al.'s
     adaptive schedules are scaled to a last stage of 32 timesteps (their stage grids are then
     sub-grids of it), and the baseline at fewer timesteps is drawn as the race without
-    elimination capped at ``k`` slots (``alpha: 0, max_slots: k, order: stratified``: the baseline
-    on an evenly spaced sub-grid of ``k`` of the 32 timesteps; with ``order: center-out``, on the
-    middle ``k`` of them).
+    elimination on the first ``k`` slots (the bench's ``RaceVariant``: ``alpha: 0, max_slots: k,
+    order: stratified`` is the baseline on an evenly spaced sub-grid of ``k`` of the 32 timesteps;
+    with ``order: center-out``, on the middle ``k`` of them).
     """
-    configs: list[tuple[str, SamplerOptions]] = [("baseline", BaselineOptions(n_timesteps=n)) for n in (1, 32)]
-    configs += [("race", RaceOptions(alpha=0, min_slots=4, max_slots=k, order=o, variance="per-class", correction="none")) for o in ("stratified", "center-out") for k in (1, 2, 4, 8, 16)]
+    configs: list[tuple[str, SamplerOptions | RaceVariant]] = [("baseline", BaselineOptions(n_timesteps=n)) for n in (1, 32)]
+    configs += [
+        ("race", RaceVariant(RaceOptions(alpha=0, min_slots=4, order=o, variance="per-class", correction="none"), max_slots=k))
+        for o in ("stratified", "center-out")
+        for k in (1, 2, 4, 8, 16)
+    ]
     # Li et al.'s elimination scaled down: their CIFAR10 shape (keep 5, then 1), sharper ones,
     # and their many-class shape (Aircraft: 20 10 5 1) as (10, 5, 1)
     two = ((1, 32), (2, 32), (4, 32), (8, 32), (16, 32))
@@ -120,19 +126,22 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     configs += [("hierarchical", HierarchicalOptions(beam_factor=b, min_beam=m, patience=p, direction=d)) for b, m, p, d in floor]
     # careful ones, for the half budget on many classes: a slower shrink, a larger floor
     careful = [(1.1, m) for m in (2, 3, 4)] + list(itertools.product((1.25, 1.5, 2.0), (4, 5, 6)))
-    configs += [("hierarchical", HierarchicalOptions(beam_factor=b, min_beam=m, patience=None, direction=d)) for (b, m), d in itertools.product(careful, ("descending", "center-out"))]
+    configs += [
+        ("hierarchical", HierarchicalOptions(beam_factor=b, min_beam=m, patience=None, direction=d))
+        for (b, m), d in itertools.product(careful, ("descending", "center-out"))
+    ]
     configs += [("hierarchical", preset("hierarchical", "paper"))]
     # the race with per-class variances, in three orders of travel
     race = itertools.product((0.2, 0.1, 0.05, 0.01, 0.001), (2, 4), ("stratified", "center-out", "descending"))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=None, order=o, variance="per-class", correction="none")) for a, m, o in race]
+    configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o, variance="per-class", correction="none")) for a, m, o in race]
     # the race with pooled variances (decisive from two slots), over the whole grid or its middle
     # 16 or 8 timesteps, with or without a first-slot screen that keeps half the classes
     pooled = itertools.product((0.2, 0.1, 0.05, 0.02, 0.01), (2, 4), (None, 16, 8), (1.0, 0.5))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=k, screen=f, variance="pooled", correction="none")) for a, m, k, f in pooled]
+    configs += [("race", race_config(RaceOptions(alpha=a, min_slots=m, variance="pooled", correction="none"), k, f)) for a, m, k, f in pooled]
     # the race with a multiple-comparison correction of each slot's k - 1 eliminations: Holm's
     # step-down (pooled, as above; per-class in two orders) and Bonferroni's (pooled, whole grid)
     holm = itertools.product((0.3, 0.2, 0.1, 0.05), (2, 4), (None, 16, 8), (1.0, 0.5))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=k, screen=f, variance="pooled", correction="holm")) for a, m, k, f in holm]
+    configs += [("race", race_config(RaceOptions(alpha=a, min_slots=m, variance="pooled", correction="holm"), k, f)) for a, m, k, f in holm]
     # the race with the hierarchical sampler's progressive beam (cut to the best 1/b after every
     # slot, down to min_beam; the bounds eliminate on top of it): for the budgets of two to four
     # slots per class, where the bounds alone cannot decide yet. alpha > 0 only: with alpha 0 it is
@@ -140,8 +149,8 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     beamed = itertools.product((0.2, 0.1, 0.05), (2, 4), (1.1, 1.25, 1.5, 2.0, 3.0), (1, 2, 3))
     configs += [("race", RaceOptions(alpha=a, min_slots=m, beam_factor=b, min_beam=mb, variance="pooled", correction="none")) for a, m, b, mb in beamed]
     holm_per_class = itertools.product((0.2, 0.1, 0.05), (2, 4), ("stratified", "center-out"))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=None, order=o, variance="per-class", correction="holm")) for a, m, o in holm_per_class]
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, max_slots=None, variance="pooled", correction="bonferroni")) for a in (0.2, 0.1, 0.05) for m in (2, 4)]
+    configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o, variance="per-class", correction="holm")) for a, m, o in holm_per_class]
+    configs += [("race", RaceOptions(alpha=a, min_slots=m, variance="pooled", correction="bonferroni")) for a in (0.2, 0.1, 0.05) for m in (2, 4)]
     # Clark & Jaini's own p = 2e-3 (20 to 2000 rounds, the `clark-jaini` preset) is left out: on
     # these pairs its fresh random timesteps cost more than the whole 32-timestep grid per image.
     # The t-test's rounds visit the grid (`timesteps: grid`), as every other sampler's do: its
@@ -150,8 +159,15 @@ def grid(quick: bool = False) -> list[tuple[str, SamplerOptions]]:
     ttest = itertools.product((0.2, 0.1, 0.05, 0.02), (4, 8), (7.0, 0.0))
     configs += [("ttest", TTestOptions(p=p, min_samples=m, weight_rate=w, max_samples=32, timesteps="grid")) for p, m, w in ttest]
     if quick:
-        configs = configs[:12] + configs[12:35:5] + [c for c in configs if c[0] == "hierarchical"][::7] + [c for c in configs[30:] if c[0] in ("race", "ttest")][::7]
+        configs = (
+            configs[:12] + configs[12:35:5] + [c for c in configs if c[0] == "hierarchical"][::7] + [c for c in configs[30:] if c[0] in ("race", "ttest")][::7]
+        )
     return configs
+
+
+def race_config(options: RaceOptions, max_slots: int | None, screen: float) -> RaceOptions | RaceVariant:
+    """The race itself over the whole grid without a screen; otherwise the bench's variant of it."""
+    return options if max_slots is None and screen == 1.0 else RaceVariant(options, max_slots=max_slots, screen=screen)
 
 
 def preset(section: str, name: str) -> SamplerOptions:
@@ -161,8 +177,9 @@ def preset(section: str, name: str) -> SamplerOptions:
     return config_from_dict({section: {"preset": name}}).sampler_options(section)
 
 
-def key(sampler: str, options: SamplerOptions) -> str:
-    return f"{sampler} {json.dumps(options.to_dict(), sort_keys=True)}"
+def key(sampler: str, options: SamplerOptions | RaceVariant) -> str:
+    """A configuration's key in the record: its sampler and its options as recorded (``variants.recorded``)."""
+    return f"{sampler} {json.dumps(recorded(sampler, options), sort_keys=True)}"
 
 
 # ----------------------------------------------------------------------------- data and scoring
@@ -210,8 +227,10 @@ class ErrorTable:
         keys = list(zip(image_idx, class_idx, timesteps, noise_idx))
         missing = [k for k in dict.fromkeys(keys) if k not in self.errors]
         if missing and self.frozen is not None:
-            raise RuntimeError(f"{self.frozen} asks for (image, class, timestep, noise) = {missing[0]}, outside the "
-                               "32-timestep grid the baselines filled; add it to FILLERS in bench/suite.py")
+            raise RuntimeError(
+                f"{self.frozen} asks for (image, class, timestep, noise) = {missing[0]}, outside the "
+                "32-timestep grid the baselines filled; add it to FILLERS in bench/suite.py"
+            )
         if missing:
             start = time.perf_counter()
             self.errors.update(zip(missing, self.inner(*zip(*missing))))
@@ -228,13 +247,13 @@ def family_of(row: dict) -> str:
     return row["sampler"]
 
 
-def evaluate(sampler: str, options: SamplerOptions, table: ErrorTable, labels: list[int], n_train: int) -> dict:
-    spec = SAMPLERS.get(sampler)
-    results = run_samplers([spec.fn(table.n_classes, options, n_train) for _ in labels], table)
+def evaluate(sampler: str, options: SamplerOptions | RaceVariant, table: ErrorTable, labels: list[int], n_train: int) -> dict:
+    fn = sampler_fn(sampler, options)
+    results = run_samplers([fn(table.n_classes, options, n_train) for _ in labels], table)
     correct = [r.prediction == y for r, y in zip(results, labels)]
     return {
         "sampler": sampler,
-        "options": options.to_dict(),
+        "options": recorded(sampler, options),
         "top1": sum(correct) / len(correct),
         "evals_per_image": sum(r.n_evals for r in results) / len(results),
         "correct": "".join("1" if c else "0" for c in correct),
@@ -305,23 +324,27 @@ def measure_pair(pair: Pair, configs, splits: tuple[str, ...] = ("val", "test"),
             "unet_seconds": table.seconds,
             "seconds": time.perf_counter() - start,
         }
-        print(f"  {pair.name}/{split}: {len(labels)} images, {len(classnames)} classes, "
-              f"{table.computed} UNet evaluations in {table.seconds:.0f} s, {len(rows)} configurations in {time.perf_counter() - start:.0f} s", flush=True)
-    out["seconds_per_unet_eval"] = sum(s["unet_seconds"] for s in out["splits"].values()) / max(1, sum(s["unet_evals_computed"] for s in out["splits"].values()))
+        print(
+            f"  {pair.name}/{split}: {len(labels)} images, {len(classnames)} classes, "
+            f"{table.computed} UNet evaluations in {table.seconds:.0f} s, {len(rows)} configurations in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+    out["seconds_per_unet_eval"] = sum(s["unet_seconds"] for s in out["splits"].values()) / max(
+        1, sum(s["unet_evals_computed"] for s in out["splits"].values())
+    )
     if "test" in splits:  # for timing without the cache (dropped before the record is written)
         out["_model"] = model
         out["_test_pixels"] = pixels
     return out
 
 
-def _options(row: dict) -> SamplerOptions:
+def _options(row: dict) -> SamplerOptions | RaceVariant:
     return options_from(row["sampler"], row["options"])
 
 
-def options_from(sampler: str, values: dict) -> SamplerOptions:
-    cls = SAMPLERS.get(sampler).options_cls
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
-    return cls(**fields)
+def options_from(sampler: str, values: dict) -> SamplerOptions | RaceVariant:
+    """The configuration a recorded row's options spell (``variants.from_recorded``)."""
+    return from_recorded(sampler, values)
 
 
 def time_configs(pair_data: dict, named: dict[str, tuple[str, SamplerOptions]], n_images: int) -> dict[str, float]:
@@ -330,6 +353,10 @@ def time_configs(pair_data: dict, named: dict[str, tuple[str, SamplerOptions]], 
     pixels = pair_data["_test_pixels"][:n_images]
     out = {}
     for name, (sampler, options) in named.items():
+        if isinstance(options, RaceVariant):
+            raise ValueError(
+                f"{name}: {key(sampler, options)} is the bench's own race variant, which the classifier cannot run; time only what a sampler ships"
+            )
         model.sampler = SAMPLERS.get(sampler)
         model.options = options
         start = time.perf_counter()
@@ -426,9 +453,17 @@ def race_cells(data: list[dict], table: dict) -> list[dict]:
             if race is None or not others:
                 continue
             best = max(others, key=lambda c: c["top1"])
-            cells.append({"pair": d["pair"], "budget": float(b), "race": race["top1"], "best_other": best["top1"],
-                          "best_other_sampler": rows[best["key"]]["sampler"], "points": 100 * (race["top1"] - best["top1"]),
-                          "mcnemar_p": mcnemar_p(rows[race["key"]]["correct"], rows[best["key"]]["correct"])})
+            cells.append(
+                {
+                    "pair": d["pair"],
+                    "budget": float(b),
+                    "race": race["top1"],
+                    "best_other": best["top1"],
+                    "best_other_sampler": rows[best["key"]]["sampler"],
+                    "points": 100 * (race["top1"] - best["top1"]),
+                    "mcnemar_p": mcnemar_p(rows[race["key"]]["correct"], rows[best["key"]]["correct"]),
+                }
+            )
     return cells
 
 
@@ -441,14 +476,21 @@ def plot(d: dict, shipped: dict[str, str], path: Path) -> None:
 
     rows = d["splits"]["test"]["rows"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    styles = {"subgrid": ("tab:blue", "o"), "middle": ("tab:cyan", "o"), "adaptive": ("tab:orange", "s"), "hierarchical": ("tab:green", "^"), "ttest": ("tab:purple", "v"), "race": ("tab:red", "D")}
+    styles = {
+        "subgrid": ("tab:blue", "o"),
+        "middle": ("tab:cyan", "o"),
+        "adaptive": ("tab:orange", "s"),
+        "hierarchical": ("tab:green", "^"),
+        "ttest": ("tab:purple", "v"),
+        "race": ("tab:red", "D"),
+    }
     labels = {"subgrid": "baseline on k evenly spaced of the 32 timesteps", "middle": "baseline on the middle k of the 32 timesteps"}
     for name in ("baseline-1", "baseline-32"):
         r = rows[key("baseline", BaselineOptions(n_timesteps=int(name.split("-")[1])))]
         ax.scatter([r["evals_per_image"]], [100 * r["top1"]], s=40, color="black", marker="*", zorder=6)
         ax.annotate(name, (r["evals_per_image"], 100 * r["top1"]), fontsize=7, xytext=(4, -8), textcoords="offset points")
     for sampler, (color, marker) in styles.items():
-        pts = sorted(((r["evals_per_image"], 100 * r["top1"]) for r in rows.values() if family_of(r) == sampler))
+        pts = sorted((r["evals_per_image"], 100 * r["top1"]) for r in rows.values() if family_of(r) == sampler)
         if not pts:
             continue
         ax.scatter(*zip(*pts), s=9, alpha=0.2, color=color, marker=marker)
@@ -482,8 +524,7 @@ def short(options: dict) -> str:
 def race_missing(table: dict) -> int:
     """Cells of a budget table (``{pair: {sampler: {budget: cell}}}``) where the adaptive or the
     hierarchical sampler has a setting within the budget and the race has none."""
-    return sum(1 for per in table.values() for b in map(str, BUDGETS)
-               if per["race"][b] is None and any(per[f][b] for f in ("adaptive", "hierarchical")))
+    return sum(1 for per in table.values() for b in map(str, BUDGETS) if per["race"][b] is None and any(per[f][b] for f in ("adaptive", "hierarchical")))
 
 
 def race_line(cells: list[dict], missing: int = 0) -> str:
@@ -496,100 +537,178 @@ def race_line(cells: list[dict], missing: int = 0) -> str:
     if not behind:
         return line + "."
     worst = min(behind, key=lambda c: c["points"])
-    return (line + f"; behind in {len(behind)} (" + ", ".join(f"{c['pair']} <= {c['budget']:g}: {c['points']:+.1f}" for c in behind)
-            + f" points), by at most {-worst['points']:.1f}; smallest McNemar p of those: {min(c['mcnemar_p'] for c in behind):.2g}.")
+    return (
+        line
+        + f"; behind in {len(behind)} ("
+        + ", ".join(f"{c['pair']} <= {c['budget']:g}: {c['points']:+.1f}" for c in behind)
+        + f" points), by at most {-worst['points']:.1f}; smallest McNemar p of those: {min(c['mcnemar_p'] for c in behind):.2g}."
+    )
 
 
 def budget_table(data: list[dict], summary: dict, table: str, title: str, intro: list[str], with_ratio: bool = False) -> list[str]:
     """A section of the report: one of the per-budget tables, and where the race stands in it."""
-    lines = ["", f"## {title}", "", *intro, "",
-             "| pair | sampler | " + " | ".join(f"<= {b:g}" for b in BUDGETS) + " |", "|---|---|" + "---:|" * len(BUDGETS)]
+    lines = ["", f"## {title}", "", *intro, "", "| pair | sampler | " + " | ".join(f"<= {b:g}" for b in BUDGETS) + " |", "|---|---|" + "---:|" * len(BUDGETS)]
     for d in data:
         for family in FAMILIES:
             cells = [summary[table][d["pair"]][family][str(b)] for b in BUDGETS]
-            lines.append(f"| {d['pair']} | {family} | " + " | ".join(
-                "–" if c is None else f"{100 * c['top1']:.1f}" + (f" ({c['eval_ratio']:.3f})" if with_ratio else "") for c in cells) + " |")
+            lines.append(
+                f"| {d['pair']} | {family} | "
+                + " | ".join("–" if c is None else f"{100 * c['top1']:.1f}" + (f" ({c['eval_ratio']:.3f})" if with_ratio else "") for c in cells)
+                + " |"
+            )
     return lines + ["", race_line(summary["race_against_the_best_other"][table], race_missing(summary[table]))]
 
 
 def report(data: list[dict], summary: dict, extra: list[dict] = ()) -> str:
-    lines = ["# The proxy suite: accuracy against cost, every sampler on every pair", "",
-             "Generated by `python bench/suite.py`; every number below is on a TEST split unless it says",
-             "validation. Defaults were chosen on validation splits only. No Stable Diffusion accuracy is",
-             "measured here: these are tiny models whose one-timestep accuracy is far below their",
-             "32-timestep accuracy, as Stable Diffusion's is.", "",
-             "## The pairs", "", "| pair | what | classes | val / test images | baseline-1 | baseline-32 (val) | baseline-1 | baseline-32 (test) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# The proxy suite: accuracy against cost, every sampler on every pair",
+        "",
+        "Generated by `python bench/suite.py`; every number below is on a TEST split unless it says",
+        "validation. Defaults were chosen on validation splits only. No Stable Diffusion accuracy is",
+        "measured here: these are tiny models whose one-timestep accuracy is far below their",
+        "32-timestep accuracy, as Stable Diffusion's is.",
+        "",
+        "## The pairs",
+        "",
+        "| pair | what | classes | val / test images | baseline-1 | baseline-32 (val) | baseline-1 | baseline-32 (test) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     b1 = key("baseline", BaselineOptions(n_timesteps=1))
     for d in data:
         v, t = d["splits"]["val"], d["splits"]["test"]
-        lines.append(f"| {d['pair']} | {d['what']} | {v['n_classes']} | {v['n_images']} / {t['n_images']} | "
-                     f"{100 * v['rows'][b1]['top1']:.1f} | {100 * base32(v)['top1']:.1f} | {100 * t['rows'][b1]['top1']:.1f} | {100 * base32(t)['top1']:.1f} |")
+        lines.append(
+            f"| {d['pair']} | {d['what']} | {v['n_classes']} | {v['n_images']} / {t['n_images']} | "
+            f"{100 * v['rows'][b1]['top1']:.1f} | {100 * base32(v)['top1']:.1f} | {100 * t['rows'][b1]['top1']:.1f} | {100 * base32(t)['top1']:.1f} |"
+        )
     for d in extra:
         v = d["splits"]["val"]
-        lines.append(f"| {d['pair']} (validation only) | {d['what']} | {v['n_classes']} | {v['n_images']} / – | "
-                     f"{100 * v['rows'][b1]['top1']:.1f} | {100 * base32(v)['top1']:.1f} | – | – |")
+        lines.append(
+            f"| {d['pair']} (validation only) | {d['what']} | {v['n_classes']} | {v['n_images']} / – | "
+            f"{100 * v['rows'][b1]['top1']:.1f} | {100 * base32(v)['top1']:.1f} | – | – |"
+        )
     if extra:
-        lines += ["", "The validation-only members (the held-out pairs of `bench/holdout.py`, each read there once, before it",
-                  "joined) take part in every choice below through their validation splits; their test splits are not read here."]
-    lines += ["", "## Shipped defaults (chosen on all validation splits), on each test split", "",
-              "Rule: among the configurations costing at most a sampler's budget of baseline-32's evaluations on every validation",
-              f"split ({', '.join(f'{k} {v:g}' for k, v in DEFAULT_BUDGETS.items())}), the one with the smallest worst-case validation gap",
-              f"to baseline-32 plus {summary['rule_z']:g} standard error(s) of that paired gap (ties: fewer evaluations). A positive gap",
-              "is a loss. McNemar: exact two-sided test of the paired test-split predictions. Seconds per image are measured",
-              "without the cache.", "",
-              "| pair | sampler | options | top-1 % | gap to b-32 (points) | McNemar p vs b-32 | evals / img | ratio to b-32 | s / img |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "The validation-only members (the held-out pairs of `bench/holdout.py`, each read there once, before it",
+            "joined) take part in every choice below through their validation splits; their test splits are not read here.",
+        ]
+    lines += [
+        "",
+        "## Shipped defaults (chosen on all validation splits), on each test split",
+        "",
+        "Rule: among the configurations costing at most a sampler's budget of baseline-32's evaluations on every validation",
+        f"split ({', '.join(f'{k} {v:g}' for k, v in DEFAULT_BUDGETS.items())}), the one with the smallest worst-case validation gap",
+        f"to baseline-32 plus {summary['rule_z']:g} standard error(s) of that paired gap (ties: fewer evaluations). A positive gap",
+        "is a loss. McNemar: exact two-sided test of the paired test-split predictions. Seconds per image are measured",
+        "without the cache.",
+        "",
+        "| pair | sampler | options | top-1 % | gap to b-32 (points) | McNemar p vs b-32 | evals / img | ratio to b-32 | s / img |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for d in data:
         for name in ("baseline-1", "baseline-32", *FAMILIES):
             k = summary["headline_keys"][name]
             r = test_row(d, k)
             sec = summary["seconds_per_image"][d["pair"]][name]
             p = summary["mcnemar_vs_baseline32"][d["pair"]].get(name)
-            lines.append(f"| {d['pair']} | {name} | {short(d['splits']['test']['rows'][k]['options'])} | {100 * r['top1']:.1f} | {r['gap_points']:+.1f} | "
-                         f"{'–' if p is None else f'{p:.2g}'} | {r['evals_per_image']:.1f} | {r['eval_ratio']:.3f} | {sec:.4f} |")
-    lines += ["", "Worst case over the pairs (test):", "", "| sampler | worst gap (points) | worst evaluation ratio | mean evaluation ratio |", "|---|---:|---:|---:|"]
+            lines.append(
+                f"| {d['pair']} | {name} | {short(d['splits']['test']['rows'][k]['options'])} | {100 * r['top1']:.1f} | {r['gap_points']:+.1f} | "
+                f"{'–' if p is None else f'{p:.2g}'} | {r['evals_per_image']:.1f} | {r['eval_ratio']:.3f} | {sec:.4f} |"
+            )
+    lines += [
+        "",
+        "Worst case over the pairs (test):",
+        "",
+        "| sampler | worst gap (points) | worst evaluation ratio | mean evaluation ratio |",
+        "|---|---:|---:|---:|",
+    ]
     for family in FAMILIES:
         w = summary["worst_case"][family]
         lines.append(f"| {family} | {w['worst_gap_points']:+.2f} | {w['worst_eval_ratio']:.3f} | {w['mean_eval_ratio']:.3f} |")
-    lines += ["", "Where the defaults were chosen: their gap to baseline-32 (points) and evaluation ratio on every member's",
-              "validation split.", "",
-              "| member | " + " | ".join(FAMILIES) + " |", "|---|" + "---:|" * len(FAMILIES)]
+    lines += [
+        "",
+        "Where the defaults were chosen: their gap to baseline-32 (points) and evaluation ratio on every member's",
+        "validation split.",
+        "",
+        "| member | " + " | ".join(FAMILIES) + " |",
+        "|---|" + "---:|" * len(FAMILIES),
+    ]
     for member, per in summary["validation_gaps"].items():
         lines.append(f"| {member} | " + " | ".join(f"{per[f]['gap_points']:+.1f} @ {per[f]['eval_ratio']:.3f}" for f in FAMILIES) + " |")
-    lines += ["", "## Leave one pair out", "",
-              "The same rule applied to the other pairs' validation splits (and every validation-only member's); the",
-              "left-out pair's test split.", "",
-              "| left out | sampler | chosen | gap (points) | ratio |", "|---|---|---|---:|---:|"]
+    lines += [
+        "",
+        "## Leave one pair out",
+        "",
+        "The same rule applied to the other pairs' validation splits (and every validation-only member's); the",
+        "left-out pair's test split.",
+        "",
+        "| left out | sampler | chosen | gap (points) | ratio |",
+        "|---|---|---|---:|---:|",
+    ]
     for entry in summary["leave_one_out"]:
         lines.append(f"| {entry['pair']} | {entry['sampler']} | {short(entry['options'])} | {entry['gap_points']:+.1f} | {entry['eval_ratio']:.3f} |")
-    lines += ["", "## The choosing rule", "",
-              "Per rule (the standard errors added to each validation gap; the race chosen among whole-grid populations",
-              "unless the row says otherwise) and sampler: leave one pair out at the sampler's",
-              "default budget, the worst gap on the left-out pairs' validation splits (the evidence the rule is chosen on)",
-              "and test splits; and the defaults the rule picks on all validation splits, with their worst test gap.", "",
-              "| margin (SE) | sampler | left out: worst val gap | left out: worst test gap | defaults | defaults: worst test gap | worst ratio |",
-              "|---:|---|---:|---:|---|---:|---:|"]
+    lines += [
+        "",
+        "## The choosing rule",
+        "",
+        "Per rule (the standard errors added to each validation gap; the race chosen among whole-grid populations",
+        "unless the row says otherwise) and sampler: leave one pair out at the sampler's",
+        "default budget, the worst gap on the left-out pairs' validation splits (the evidence the rule is chosen on)",
+        "and test splits; and the defaults the rule picks on all validation splits, with their worst test gap.",
+        "",
+        "| margin (SE) | sampler | left out: worst val gap | left out: worst test gap | defaults | defaults: worst test gap | worst ratio |",
+        "|---:|---|---:|---:|---|---:|---:|",
+    ]
     for z, per in summary["rules"].items():
         for family, r in per.items():
-            lines.append(f"| {z} | {family} | {max(r['left_out_val_gaps']):+.1f} | {max(r['left_out_test_gaps']):+.1f} | {short(r['options'])} | "
-                         f"{max(r['all_pairs_test_gaps']):+.1f} | {max(r['all_pairs_eval_ratios']):.3f} |")
-    lines += budget_table(data, summary, "budgets_left_out", "Accuracy at each budget, settings carried to a left-out pair", [
-        "Per sampler and budget (evaluations as a fraction of baseline-32's): the defaults' rule on the other",
-        "pairs' validation splits (costing at most the budget on each of them), read on the left-out pair's",
-        "test split: top-1 % (evaluation ratio there). This is how a setting reaches a model it was not tuned on."], with_ratio=True)
-    lines += ["", "The settings the rule picks at each budget on every member's validation split (what `bench/holdout.py` reads):", "",
-              "| sampler | budget | options |", "|---|---:|---|"]
+            lines.append(
+                f"| {z} | {family} | {max(r['left_out_val_gaps']):+.1f} | {max(r['left_out_test_gaps']):+.1f} | {short(r['options'])} | "
+                f"{max(r['all_pairs_test_gaps']):+.1f} | {max(r['all_pairs_eval_ratios']):.3f} |"
+            )
+    lines += budget_table(
+        data,
+        summary,
+        "budgets_left_out",
+        "Accuracy at each budget, settings carried to a left-out pair",
+        [
+            "Per sampler and budget (evaluations as a fraction of baseline-32's): the defaults' rule on the other",
+            "pairs' validation splits (costing at most the budget on each of them), read on the left-out pair's",
+            "test split: top-1 % (evaluation ratio there). This is how a setting reaches a model it was not tuned on.",
+        ],
+        with_ratio=True,
+    )
+    lines += [
+        "",
+        "The settings the rule picks at each budget on every member's validation split (what `bench/holdout.py` reads):",
+        "",
+        "| sampler | budget | options |",
+        "|---|---:|---|",
+    ]
     for family, per in summary["budget_settings"].items():
         for b, cell in per.items():
             lines.append(f"| {family} | <= {float(b):g} | {'–' if cell is None else short(cell['options'])} |")
-    lines += budget_table(data, summary, "budgets", "Accuracy at each budget, tuned on each pair", [
-        "Per pair and sampler: the most accurate configuration on that pair's validation split within the",
-        "budget (evaluations as a fraction of baseline-32's), its top-1 on test. Families with more",
-        "configurations get more chances here (" + ", ".join(
-            f"{f} {sum(family_of(r) == f for r in data[0]['splits']['val']['rows'].values())}" for f in FAMILIES) + " configurations)."])
-    lines += ["", "## Direction of travel (the paper's Figure 4 question)", "",
-              "The rule (same budget) restricted to one direction of the hierarchical sampler; gap and ratio on each test split.", "",
-              "| direction | chosen | " + " | ".join(d["pair"] for d in data) + " |", "|---|---|" + "---|" * len(data)]
+    lines += budget_table(
+        data,
+        summary,
+        "budgets",
+        "Accuracy at each budget, tuned on each pair",
+        [
+            "Per pair and sampler: the most accurate configuration on that pair's validation split within the",
+            "budget (evaluations as a fraction of baseline-32's), its top-1 on test. Families with more",
+            "configurations get more chances here ("
+            + ", ".join(f"{f} {sum(family_of(r) == f for r in data[0]['splits']['val']['rows'].values())}" for f in FAMILIES)
+            + " configurations).",
+        ],
+    )
+    lines += [
+        "",
+        "## Direction of travel (the paper's Figure 4 question)",
+        "",
+        "The rule (same budget) restricted to one direction of the hierarchical sampler; gap and ratio on each test split.",
+        "",
+        "| direction | chosen | " + " | ".join(d["pair"] for d in data) + " |",
+        "|---|---|" + "---|" * len(data),
+    ]
     for direction, entry in summary["directions"].items():
         cells = [f"{c['gap_points']:+.1f} pt @ {c['eval_ratio']:.2f}" for c in entry["test"]]
         lines.append(f"| {direction} | {short(entry['options'])} | " + " | ".join(cells) + " |")
@@ -603,11 +722,14 @@ def rule_entry(data: list[dict], family: str, extra: list[dict] = (), **how) -> 
     extra = list(extra)
     left_out = [choose(data[:i] + data[i + 1 :] + extra or data, family, **how) for i in range(len(data))]
     k = choose(data + extra, family, **how)
-    return {"key": k, "left_out_val_gaps": [100 * gap_bound(d["splits"]["val"], j) for d, j in zip(data, left_out)],
-            "left_out_test_gaps": [test_row(d, j)["gap_points"] for d, j in zip(data, left_out)],
-            "options": data[0]["splits"]["val"]["rows"][k]["options"],
-            "all_pairs_test_gaps": [test_row(d, k)["gap_points"] for d in data],
-            "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data]}
+    return {
+        "key": k,
+        "left_out_val_gaps": [100 * gap_bound(d["splits"]["val"], j) for d, j in zip(data, left_out)],
+        "left_out_test_gaps": [test_row(d, j)["gap_points"] for d, j in zip(data, left_out)],
+        "options": data[0]["splits"]["val"]["rows"][k]["options"],
+        "all_pairs_test_gaps": [test_row(d, k)["gap_points"] for d in data],
+        "all_pairs_eval_ratios": [test_row(d, k)["eval_ratio"] for d in data],
+    }
 
 
 def compare_rules(data: list[dict], extra: list[dict] = ()) -> dict:
@@ -627,7 +749,11 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
     every choice; they have no test split here)."""
     extra = list(extra)
     members = data + extra
-    summary: dict = {"rule": f"smallest worst-case validation gap to baseline-32, plus {RULE_Z:g} standard error(s) of the paired gap, among configurations costing at most the sampler's budget of its evaluations on every validation split", "rule_z": RULE_Z, "budgets": DEFAULT_BUDGETS}
+    summary: dict = {
+        "rule": f"smallest worst-case validation gap to baseline-32, plus {RULE_Z:g} standard error(s) of the paired gap, among configurations costing at most the sampler's budget of its evaluations on every validation split",
+        "rule_z": RULE_Z,
+        "budgets": DEFAULT_BUDGETS,
+    }
     headline = {"baseline-1": key("baseline", BaselineOptions(n_timesteps=1)), "baseline-32": key("baseline", BaselineOptions(n_timesteps=32))}
     for family in FAMILIES:
         headline[family] = choose(members, family)
@@ -635,9 +761,16 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
     summary["shipped"] = {f: data[0]["splits"]["val"]["rows"][headline[f]]["options"] for f in FAMILIES}
     summary["test"] = {d["pair"]: {name: test_row(d, k) for name, k in headline.items()} for d in data}
     # every member's validation split: how far the defaults sit from baseline-32 where they were chosen
-    summary["validation_gaps"] = {d["pair"]: {f: {"gap_points": 100 * gap_bound(d["splits"]["val"], headline[f]),
-                                                  "eval_ratio": ratio(d["splits"]["val"]["rows"][headline[f]], base32(d["splits"]["val"]))}
-                                              for f in FAMILIES} for d in members}
+    summary["validation_gaps"] = {
+        d["pair"]: {
+            f: {
+                "gap_points": 100 * gap_bound(d["splits"]["val"], headline[f]),
+                "eval_ratio": ratio(d["splits"]["val"]["rows"][headline[f]], base32(d["splits"]["val"])),
+            }
+            for f in FAMILIES
+        }
+        for d in members
+    }
     summary["worst_case"] = {}
     for family in FAMILIES:
         rows = [summary["test"][d["pair"]][family] for d in data]
@@ -647,8 +780,7 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
             "mean_eval_ratio": sum(r["eval_ratio"] for r in rows) / len(rows),
         }
     summary["mcnemar_vs_baseline32"] = {
-        d["pair"]: {f: mcnemar_p(d["splits"]["test"]["rows"][headline[f]]["correct"], base32(d["splits"]["test"])["correct"]) for f in FAMILIES}
-        for d in data
+        d["pair"]: {f: mcnemar_p(d["splits"]["test"]["rows"][headline[f]]["correct"], base32(d["splits"]["test"])["correct"]) for f in FAMILIES} for d in data
     }
     summary["leave_one_out"] = []
     if len(data) > 1:
@@ -664,8 +796,12 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
     # per sampler and budget, the setting the defaults' rule picks on every member's validation
     # split: what a user would carry to a new model (bench/holdout.py reads these on its pair)
     summary["budget_settings"] = {
-        f: {str(b): (lambda k: None if k is None else {"key": k, "options": data[0]["splits"]["val"]["rows"][k]["options"]})(
-            choose(members, f, budget=b, strict=True)) for b in BUDGETS}
+        f: {
+            str(b): (lambda k: None if k is None else {"key": k, "options": data[0]["splits"]["val"]["rows"][k]["options"]})(
+                choose(members, f, budget=b, strict=True)
+            )
+            for b in BUDGETS
+        }
         for f in FAMILIES
     }
     # one configuration per sampler and budget, chosen by the defaults' rule on the OTHER pairs'
@@ -674,8 +810,12 @@ def summarize(data: list[dict], extra: list[dict] = ()) -> dict:
     for i, d in enumerate(data):
         others = data[:i] + data[i + 1 :] + extra or data
         summary["budgets_left_out"][d["pair"]] = {
-            f: {str(b): (lambda k: None if k is None else {"key": k, "options": d["splits"]["test"]["rows"][k]["options"], **test_row(d, k)})(
-                choose(others, f, budget=b, strict=True)) for b in BUDGETS}
+            f: {
+                str(b): (lambda k: None if k is None else {"key": k, "options": d["splits"]["test"]["rows"][k]["options"], **test_row(d, k)})(
+                    choose(others, f, budget=b, strict=True)
+                )
+                for b in BUDGETS
+            }
             for f in FAMILIES
         }
     summary["race_against_the_best_other"] = {table: race_cells(data, summary[table]) for table in ("budgets_left_out", "budgets")}
@@ -712,14 +852,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--pairs", default=",".join(p.name for p in PAIRS))
-    parser.add_argument("--validation-only", default=",".join(p.name for p in VALIDATION_ONLY),
-                        help="members whose validation splits join every choice (no test split read); '' for none")
+    parser.add_argument(
+        "--validation-only",
+        default=",".join(p.name for p in VALIDATION_ONLY),
+        help="members whose validation splits join every choice (no test split read); '' for none",
+    )
     parser.add_argument("--quick", action="store_true", help="a small grid (results not written to the committed files)")
     parser.add_argument("--time-images", type=int, default=48)
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="processes that run the samplers on each filled table (default: the CPUs this process may use)")
-    parser.add_argument("--from-record", action="store_true",
-                        help="measure nothing: redo every choice and the report from the committed suite.json (its timings kept) and check they match")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="processes that run the samplers on each filled table (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--from-record",
+        action="store_true",
+        help="measure nothing: redo every choice and the report from the committed suite.json (its timings kept) and check they match",
+    )
     args = parser.parse_args()
     if args.from_record:
         raise SystemExit(check_record(Path(args.out)))
@@ -743,8 +893,9 @@ def main() -> None:
         named = {name: (d["splits"]["test"]["rows"][k]["sampler"], _options(d["splits"]["test"]["rows"][k])) for name, k in headline.items()}
         summary["seconds_per_image"][d["pair"]] = time_configs(d, named, args.time_images)
 
-    keep = set(headline.values()) | {c["key"] for table in ("budgets_left_out", "budgets") for per in summary[table].values()
-                                      for cells in per.values() for c in cells.values() if c}
+    keep = set(headline.values()) | {
+        c["key"] for table in ("budgets_left_out", "budgets") for per in summary[table].values() for cells in per.values() for c in cells.values() if c
+    }
     repo = Path(__file__).resolve().parents[1]
     for d in data:
         d.pop("_model")
@@ -758,8 +909,15 @@ def main() -> None:
         for k, r in d["splits"]["test"]["rows"].items():
             if k not in keep:
                 r.pop("correct")
-    record = {"environment": environment(), "seconds": time.perf_counter() - start, "n_configurations": len(configs),
-              "budgets": DEFAULT_BUDGETS, "summary": summary, "pairs": data, "validation_only": extra}
+    record = {
+        "environment": environment(),
+        "seconds": time.perf_counter() - start,
+        "n_configurations": len(configs),
+        "budgets": DEFAULT_BUDGETS,
+        "summary": summary,
+        "pairs": data,
+        "validation_only": extra,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "suite-quick" if args.quick else "suite"

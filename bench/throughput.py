@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import RESULTS, environment, split_pixels, tiny_digits, write
-from diffcls_plugin.model import make_noise
+
 from diffcls_plugin.samplers import li_timesteps
+from diffcls_plugin.scoring import make_noise
 
 
 def li_style_loop(model, pixels: torch.Tensor, n_timesteps: int, batch_size: int = 32) -> tuple[int, float]:
@@ -30,7 +30,7 @@ def li_style_loop(model, pixels: torch.Tensor, n_timesteps: int, batch_size: int
     adapter = model.adapter
     timesteps = li_timesteps(adapter.num_train_timesteps, n_timesteps)
     n_evals, start = 0, time.perf_counter()
-    from diffcls_plugin.model import image_seed
+    from diffcls_plugin.scoring import image_seed
 
     for image in pixels:
         seed = image_seed(model.seed, image)
@@ -103,20 +103,31 @@ def main() -> None:
     summary = {"eval_ratio": eval_ratio, "time_ratio": time_ratio, "time_over_eval_ratio": time_ratio / eval_ratio}
     data = {"environment": environment(), "n_images": len(pixels), "scorer": scorer, "samplers": samplers, "summary": summary}
     lines = [
-        "# Throughput on the CPU (tiny-digits)", "",
-        f"{len(pixels)} test images, {data['environment']['torch_threads']} torch threads, fastest of {args.repeats} runs.", "",
-        "## UNet evaluations per second (baseline sampler, 32 timesteps: the same evaluations both ways)", "",
-        "| scorer | UNet evals / s ↑ |", "|---|---:|",
+        "# Throughput on the CPU (tiny-digits)",
+        "",
+        f"{len(pixels)} test images, {data['environment']['torch_threads']} torch threads, fastest of {args.repeats} runs.",
+        "",
+        "## UNet evaluations per second (baseline sampler, 32 timesteps: the same evaluations both ways)",
+        "",
+        "| scorer | UNet evals / s ↑ |",
+        "|---|---:|",
         f"| Li et al.-style loop (one image at a time, UNet batches of 32) | {scorer['li_style_evals_per_s']:.0f} |",
-        f"| diffcls batched scorer (64 images flattened, UNet batches of 256) | {scorer['batched_evals_per_s']:.0f} |", "",
-        f"Speed-up of the batched scorer: {scorer['speedup']:.2f}x.", "",
-        "## End to end, shipped defaults", "",
-        "| sampler | images timed | UNet evals / image ↓ | seconds / image ↓ |", "|---|---:|---:|---:|",
+        f"| diffcls batched scorer (64 images flattened, UNet batches of 256) | {scorer['batched_evals_per_s']:.0f} |",
+        "",
+        f"Speed-up of the batched scorer: {scorer['speedup']:.2f}x.",
+        "",
+        "## End to end, shipped defaults",
+        "",
+        "| sampler | images timed | UNet evals / image ↓ | seconds / image ↓ |",
+        "|---|---:|---:|---:|",
     ]
     for name, r in samplers.items():
         lines.append(f"| {name} | {r['n_images']} | {r['unet_evals_per_image']:.1f} | {r['seconds_per_image'] * 1000:.2f} ms |")
-    lines += ["", f"Baseline / hierarchical: {eval_ratio:.1f}x fewer evaluations, {time_ratio:.1f}x less time "
-              f"(time ratio = {summary['time_over_eval_ratio']:.2f} of the evaluation ratio; target >= 0.8)."]
+    lines += [
+        "",
+        f"Baseline / hierarchical: {eval_ratio:.1f}x fewer evaluations, {time_ratio:.1f}x less time "
+        f"(time ratio = {summary['time_over_eval_ratio']:.2f} of the evaluation ratio; target >= 0.8).",
+    ]
     write(Path(args.out), "throughput", data, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

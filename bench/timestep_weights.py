@@ -20,16 +20,17 @@ import time
 from pathlib import Path
 
 import torch
-from scipy.stats import binomtest
-
 from common import RESULTS, environment, write
+from proxies import PAIRS
+from scipy.stats import binomtest
+from suite import read_split
+
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import load_config
-from diffcls_plugin.model import load_classifier
 from diffcls_plugin.samplers import SAMPLERS, HierarchicalOptions, run_samplers
 from diffcls_plugin.samplers.race import RaceOptions
-from diffcls_plugin.weighting import accuracy, collect_errors, fit_weights
-from proxies import PAIRS
-from suite import read_split
+from diffcls_plugin.weighting import accuracy, fit_weights
+from diffcls_plugin.workflows.fit_weights import collect_errors
 
 N_TIMESTEPS = 32
 SAMPLER_ROWS = (("hierarchical", HierarchicalOptions()), ("race", RaceOptions()))
@@ -71,12 +72,16 @@ def mcnemar(a: list[bool], b: list[bool]) -> float:
 
 def report(data: dict) -> str:
     rows = data["rows"]
-    lines = ["# Learned timestep weights on the proxy suite (fitted on validation, reported on test)", "",
-             "Top-1 % on each pair's test split; weights fitted on its validation split only (`python bench/timestep_weights.py`).",
-             "p: McNemar's exact test against the same sampler with uniform weights. Hierarchical and race: the shipped",
-             "defaults replayed on the same errors with the per-timestep weights.", "",
-             "| pair | test images | baseline-32 uniform | + per-timestep weights | + cubic weights | + other pairs' weights (mean) | hier uniform | hier + weights | race uniform | race + weights |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Learned timestep weights on the proxy suite (fitted on validation, reported on test)",
+        "",
+        "Top-1 % on each pair's test split; weights fitted on its validation split only (`python bench/timestep_weights.py`).",
+        "p: McNemar's exact test against the same sampler with uniform weights. Hierarchical and race: the shipped",
+        "defaults replayed on the same errors with the per-timestep weights.",
+        "",
+        "| pair | test images | baseline-32 uniform | + per-timestep weights | + cubic weights | + other pairs' weights (mean) | hier uniform | hier + weights | race uniform | race + weights |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         b = r["baseline-32"]
         other = sum(b["other_pairs_per-timestep"]) / len(b["other_pairs_per-timestep"]) if b["other_pairs_per-timestep"] else float("nan")
@@ -84,7 +89,8 @@ def report(data: dict) -> str:
             f"| {r['pair']} | {r['n_test']} | {100 * b['uniform']:.1f} | {100 * b['per-timestep']:.1f} (p={b['per-timestep_p']:.2g}) | "
             f"{100 * b['poly']:.1f} (p={b['poly_p']:.2g}) | {100 * other:.1f} | {100 * r['hierarchical']['uniform']:.1f} | "
             f"{100 * r['hierarchical']['per-timestep']:.1f} (p={r['hierarchical']['per-timestep_p']:.2g}) | {100 * r['race']['uniform']:.1f} | "
-            f"{100 * r['race']['per-timestep']:.1f} (p={r['race']['per-timestep_p']:.2g}) |")
+            f"{100 * r['race']['per-timestep']:.1f} (p={r['race']['per-timestep_p']:.2g}) |"
+        )
     lines += ["", f"{data['seconds']:.0f} s on {data['environment']['torch_threads']} threads (most of it computing the error tables)."]
     return "\n".join(lines) + "\n"
 
@@ -102,7 +108,13 @@ def main() -> None:
     start = time.perf_counter()
     tables = {}
     for pair in [p for p in PAIRS if p.name in args.pairs.split(",")]:
-        model = load_classifier("diffusion-baseline", pair.pretrained, config=load_config(None, ["unet_batch_size=512", "resume=false", f"baseline.n_timesteps={N_TIMESTEPS}"]), seed=0, progress=False)
+        model = load_classifier(
+            "diffusion-baseline",
+            pair.pretrained,
+            config=load_config(None, ["unet_batch_size=512", "resume=false", f"baseline.n_timesteps={N_TIMESTEPS}"]),
+            seed=0,
+            progress=False,
+        )
         tables[pair.name] = {}
         for split in ("val", "test"):
             images, labels, classnames, templates = read_split(pair.root, split)
@@ -136,8 +148,13 @@ def main() -> None:
         for sampler, options in SAMPLER_ROWS:
             uniform, evals = replay(sampler, options, errors, grid, labels)
             weighted, evals_w = replay(sampler, options, errors, grid, labels, fitted[name]["per-timestep"])
-            row[sampler] = {"uniform": sum(uniform) / len(uniform), "per-timestep": sum(weighted) / len(weighted),
-                            "per-timestep_p": mcnemar(uniform, weighted), "evals_uniform": evals, "evals_weighted": evals_w}
+            row[sampler] = {
+                "uniform": sum(uniform) / len(uniform),
+                "per-timestep": sum(weighted) / len(weighted),
+                "per-timestep_p": mcnemar(uniform, weighted),
+                "evals_uniform": evals,
+                "evals_weighted": evals_w,
+            }
         row["check_uniform_equals_accuracy"] = accuracy(errors, torch.tensor(labels)) == row["baseline-32"]["uniform"]
         rows.append(row)
         print(name, {k: v for k, v in row.items() if k != "pair"}, flush=True)

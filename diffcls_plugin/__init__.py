@@ -5,7 +5,7 @@ Importing this package is cheap (no torch); the heavy modules load on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def register() -> None:
@@ -20,8 +20,8 @@ def register() -> None:
 
 
 def load_classifier(*args, **kwargs):
-    """See :func:`diffcls_plugin.model.load_classifier`."""
-    from diffcls_plugin.model import load_classifier as _load
+    """See :func:`diffcls_plugin.classifier.load_classifier`."""
+    from diffcls_plugin.classifier import load_classifier as _load
 
     return _load(*args, **kwargs)
 

@@ -1,7 +1,7 @@
 """Interpreter-start hook, run by ``diffcls_plugin.pth``: patch CLIP_benchmark lazily.
 
 Installs a meta-path finder that waits for the three ``clip_benchmark`` modules the plugin
-patches and applies :mod:`diffcls_plugin.harness` to each right after it is imported. Nothing
+patches and applies :mod:`diffcls_plugin.harness.patches` to each right after it is imported. Nothing
 heavy is imported here (no torch): a process that never imports ``clip_benchmark`` pays for a
 dictionary lookup per import. Set ``DIFFCLS_NO_HOOK=1`` to switch it off.
 """
@@ -21,9 +21,9 @@ TARGETS = (
 
 def _apply(name: str, module) -> None:
     try:
-        from diffcls_plugin import harness
+        from diffcls_plugin.harness.patches import PATCHES
 
-        harness.PATCHES[name](module)
+        PATCHES[name](module)
     except Exception as err:  # noqa: BLE001 - never break the harness itself
         import warnings
 

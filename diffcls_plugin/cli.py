@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import click
 
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL  # pure Python: no torch at CLI start-up
+
+
+def _subset(per_class: int | None, total: int | None, seed: int):
+    """The stratified subset the ``--subset-*`` flags ask for (``None`` for the whole split), validated."""
+    from diffcls_plugin.data.subset import SubsetSpec
+
+    if per_class is None and total is None:
+        return None
+    subset = SubsetSpec(per_class=per_class, total=total, seed=seed)
+    subset.validate("--subset")
+    return subset
 
 
 def _models_help() -> str:
@@ -26,15 +36,18 @@ def main() -> None:
     "eval",
     context_settings=dict(ignore_unknown_options=True, allow_extra_args=False, show_default=True),
 )
-@click.option("--model", "models", multiple=True, default=("diffusion-hier",),
-              help=_models_help())
+@click.option("--model", "models", multiple=True, default=("diffusion-hier",), help=_models_help())
 @click.option("--pretrained", default="sd2-base", help="Zoo name, hub id or local diffusers folder.")
 @click.option("--dataset", "datasets", multiple=True, default=("cifar10",), help="Any clip_benchmark dataset; repeat for several.")
 @click.option("--dataset-root", default="root", help="Dataset folder (clip_benchmark --dataset_root).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML/JSON options file (the same file DIFFCLS_CONFIG names for clip_benchmark).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override one option, e.g. --set hierarchical.beam_factor=4 --set loss=l1.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML/JSON options file (the same file DIFFCLS_CONFIG names for clip_benchmark).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one option, e.g. --set hierarchical.beam_factor=4 --set loss=l1.")
 @click.option("--seed", type=int, default=0, help="Run seed: each image's noise derives from it.")
 @click.option("--batch-size", type=int, default=64, help="Images per harness batch.")
 @click.option("--num-workers", type=int, default=4, help="Data loader workers.")
@@ -43,8 +56,22 @@ def main() -> None:
 @click.option("--subset-total", type=int, default=None, help="Evaluate a stratified subset of this many images.")
 @click.option("--subset-seed", type=int, default=0, help="Seed of the subset choice.")
 @click.argument("harness_args", nargs=-1, type=click.UNPROCESSED)
-def eval_command(models, pretrained, datasets, dataset_root, config_path, overrides, seed, batch_size,
-                 num_workers, output, subset_per_class, subset_total, subset_seed, harness_args) -> None:
+def eval_command(
+    models,
+    pretrained,
+    datasets,
+    dataset_root,
+    config_path,
+    overrides,
+    seed,
+    batch_size,
+    num_workers,
+    output,
+    subset_per_class,
+    subset_total,
+    subset_seed,
+    harness_args,
+) -> None:
     """Evaluate through the unmodified `clip_benchmark eval`; extra arguments pass through to it.
 
     \b
@@ -53,26 +80,31 @@ def eval_command(models, pretrained, datasets, dataset_root, config_path, overri
     """
     from diffcls_plugin.config import load_config
     from diffcls_plugin.errors import DiffclsError
-    from diffcls_plugin.subset import SubsetSpec
 
-    subset = None
     try:
         config = load_config(config_path, overrides)
-        if subset_per_class is not None or subset_total is not None:
-            subset = SubsetSpec(per_class=subset_per_class, total=subset_total, seed=subset_seed)
-            subset.validate("--subset")
+        subset = _subset(subset_per_class, subset_total, subset_seed)
     except DiffclsError as err:
         raise click.UsageError(str(err)) from None
     argv = [
-        "clip_benchmark", "eval",
-        "--model", *models,
-        "--pretrained", pretrained,
-        "--dataset", *datasets,
-        "--dataset_root", dataset_root,
-        "--seed", str(seed),
-        "--batch_size", str(batch_size),
-        "--num_workers", str(num_workers),
-        "--output", output,
+        "clip_benchmark",
+        "eval",
+        "--model",
+        *models,
+        "--pretrained",
+        pretrained,
+        "--dataset",
+        *datasets,
+        "--dataset_root",
+        dataset_root,
+        "--seed",
+        str(seed),
+        "--batch_size",
+        str(batch_size),
+        "--num_workers",
+        str(num_workers),
+        "--output",
+        output,
         *harness_args,
     ]
     from diffcls_plugin.harness import run_harness
@@ -92,7 +124,7 @@ def table_command(results, fmt, recall, output) -> None:
     speed-up is the baseline sampler's seconds per image over the row's, same checkpoint and dataset.
     """
     from diffcls_plugin.errors import DiffclsError
-    from diffcls_plugin.leaderboard import build_table, read_results, render
+    from diffcls_plugin.workflows.leaderboard import build_table, read_results, render
 
     try:
         text = render(build_table(read_results(results)), fmt, recall=recall)
@@ -115,18 +147,16 @@ def check_command(results, reference, update) -> None:
     Accuracy tolerances default to 3 binomial standard errors at the number of images
     (Agresti-Coull); UNet evaluations per image to 5 % relative.
     """
-    import json
-    from pathlib import Path
-
     from diffcls_plugin.errors import DiffclsError
-    from diffcls_plugin.leaderboard import read_results
-    from diffcls_plugin.regression import check, read_reference, reference_from
+    from diffcls_plugin.jsonio import write_json_atomic
+    from diffcls_plugin.workflows.leaderboard import read_results
+    from diffcls_plugin.workflows.regression import check, read_reference, reference_from
 
     try:
         found = read_results(results)
         if update:
             previous = read_reference(reference) if Path(reference).is_file() else None
-            Path(reference).write_text(json.dumps(reference_from(found, previous), indent=2) + "\n")
+            write_json_atomic(reference, reference_from(found, previous), indent=2)
             click.echo(f"wrote {len(found)} entries to {reference}")
             return
         checks = check(found, read_reference(reference))
@@ -151,10 +181,9 @@ def run_command(config_path, output, force, check_reference) -> None:
     A cell whose result file holds the same config hash is skipped.
     """
     import dataclasses
-    from pathlib import Path
 
-    from diffcls_plugin.benchmark import load_benchmark, run_benchmark
     from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.workflows.benchmark import load_benchmark, run_benchmark
 
     try:
         config = load_benchmark(config_path)
@@ -179,8 +208,9 @@ def run_command(config_path, output, force, check_reference) -> None:
 @click.option("--subset-total", type=int, default=None, help="Fit on a stratified subset of this many images.")
 @click.option("--subset-seed", type=int, default=0, help="Seed of the subset choice.")
 @click.option("--n-timesteps", type=int, default=32, help="Timestep grid (Li et al.'s formula) the errors are collected on.")
-@click.option("--method", type=click.Choice(["per-timestep", "poly"]), default="per-timestep",
-              help="One weight per timestep, or exp of a polynomial in the timestep.")
+@click.option(
+    "--method", type=click.Choice(["per-timestep", "poly"]), default="per-timestep", help="One weight per timestep, or exp of a polynomial in the timestep."
+)
 @click.option("--degree", type=int, default=3, help="Polynomial degree for --method poly.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Options file (loss, prompts, dtype ...).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one option, e.g. --set dtype=bf16.")
@@ -188,8 +218,24 @@ def run_command(config_path, output, force, check_reference) -> None:
 @click.option("--batch-size", type=int, default=32, help="Images per batch.")
 @click.option("--num-workers", type=int, default=2, help="Data loader workers.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The weights file to write (JSON).")
-def fit_weights_command(pretrained, dataset, dataset_root, split, subset_per_class, subset_total, subset_seed, n_timesteps,
-                        method, degree, config_path, overrides, seed, batch_size, num_workers, out_path) -> None:
+def fit_weights_command(
+    pretrained,
+    dataset,
+    dataset_root,
+    split,
+    subset_per_class,
+    subset_total,
+    subset_seed,
+    n_timesteps,
+    method,
+    degree,
+    config_path,
+    overrides,
+    seed,
+    batch_size,
+    num_workers,
+    out_path,
+) -> None:
     """Learn timestep weights on labelled images (Jeong et al. 2025); use them with `timestep_weights: FILE`.
 
     \b
@@ -200,25 +246,32 @@ def fit_weights_command(pretrained, dataset, dataset_root, split, subset_per_cla
     """
     from diffcls_plugin.config import load_config
     from diffcls_plugin.errors import DiffclsError
-    from diffcls_plugin.subset import SubsetSpec
-    from diffcls_plugin.weighting import fit_on_dataset
+    from diffcls_plugin.workflows.benchmark import dataset_root as resolve_root
+    from diffcls_plugin.workflows.fit_weights import fit_on_dataset
 
     try:
         config = load_config(config_path, overrides)
-        subset = None
-        if subset_per_class is not None or subset_total is not None:
-            subset = SubsetSpec(per_class=subset_per_class, total=subset_total, seed=subset_seed)
-            subset.validate("--subset")
+        subset = _subset(subset_per_class, subset_total, subset_seed)
         if n_timesteps < 2:
             raise DiffclsError(f"--n-timesteps must be at least 2 to weigh timesteps against each other, got {n_timesteps}")
         out = Path(out_path)
         if not out.parent.is_dir():
             raise DiffclsError(f"--out {out_path!r}: the folder {str(out.parent)!r} does not exist; create it first")
-        from diffcls_plugin.benchmark import dataset_root as resolve_root
-
         dataset_root = resolve_root(dataset, None if dataset_root == "root" else dataset_root)
-        weights = fit_on_dataset(pretrained, dataset, dataset_root, split, subset=subset, n_timesteps=n_timesteps, config=config,
-                                 seed=seed, batch_size=batch_size, num_workers=num_workers, method=method, degree=degree)
+        weights = fit_on_dataset(
+            pretrained,
+            dataset,
+            dataset_root,
+            split,
+            subset=subset,
+            n_timesteps=n_timesteps,
+            config=config,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            method=method,
+            degree=degree,
+        )
     except DiffclsError as err:
         raise click.ClickException(str(err)) from None
     weights.save(out)
@@ -231,8 +284,13 @@ def fit_weights_command(pretrained, dataset, dataset_root, split, subset_per_cla
 
 
 @main.command("demo")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder for the three result JSON files (default: a fresh diffcls-demo-<time> folder).")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder for the three result JSON files (default: a fresh diffcls-demo-<time> folder).",
+)
 def demo_command(out_dir) -> None:
     """Baseline vs adaptive vs hierarchical on the embedded tiny-digits model and its held-out digits.
 
@@ -242,8 +300,8 @@ def demo_command(out_dir) -> None:
     import time
     from importlib import resources
 
-    from diffcls_plugin.benchmark import load_benchmark, run_benchmark
-    from diffcls_plugin.leaderboard import build_table, read_results, render
+    from diffcls_plugin.workflows.benchmark import load_benchmark, run_benchmark
+    from diffcls_plugin.workflows.leaderboard import build_table, read_results, render
 
     out_dir = out_dir or time.strftime("diffcls-demo-%Y%m%d-%H%M%S")
     config = load_benchmark(resources.files("diffcls_plugin") / "configs" / "demo.yaml")

@@ -30,15 +30,15 @@ variable; ``diffcls eval --config FILE --set KEY=VALUE`` takes the same file and
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from diffcls_plugin.errors import DiffclsError, closest
+from diffcls_plugin.errors import DiffclsError, did_you_mean
+from diffcls_plugin.jsonio import read_mapping
 from diffcls_plugin.prefilter import PrefilterOptions
 from diffcls_plugin.samplers import SAMPLERS, SamplerOptions
 
@@ -77,15 +77,14 @@ def _sections(given: Mapping[str, SamplerOptions]) -> SamplerSections:
         spec = SAMPLERS.get(name)
         if not isinstance(options, spec.options_cls):
             raise DiffclsError(
-                f"the {name} options must be a {spec.options_cls.__name__}, got {type(options).__name__}; "
-                f"build them with {spec.options_cls.__name__}(...)"
+                f"the {name} options must be a {spec.options_cls.__name__}, got {type(options).__name__}; build them with {spec.options_cls.__name__}(...)"
             )
     out = {name: given[name] if name in given else SAMPLERS.get(name).options_cls() for name in SAMPLERS}
     out.update(given)  # keep sections of samplers unregistered since
     return SamplerSections(out)
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class DiffclsConfig:
     """Every option of a diffusion-classifier run except the sampler name and the checkpoint.
 
@@ -138,51 +137,6 @@ class DiffclsConfig:
     timestep_weights: str | None = None
     samplers: SamplerSections = field(default_factory=lambda: _sections({}))
 
-    def __init__(
-        self,
-        loss: str = "l2",
-        prompts: str = "first",
-        dtype: str = "auto",
-        image_size: int | None = None,
-        unet_batch_size: int = 32,
-        allow_pickle: bool = False,
-        compile: bool = False,
-        resume: bool = True,
-        on_corrupt: str = "skip",
-        prefilter: PrefilterOptions | None = None,
-        timestep_weights: str | None = None,
-        samplers: Mapping[str, SamplerOptions] | None = None,
-        **sections: SamplerOptions,
-    ) -> None:
-        """Set the options; ``sections`` (``hierarchical=HierarchicalOptions(...)``) override ``samplers``.
-
-        Raises:
-            DiffclsError: a keyword that is neither an option nor a registered sampler, or
-                sampler options of the wrong class.
-        """
-        unknown = [name for name in sections if name not in SAMPLERS]
-        if unknown:
-            valid = [*_SCALAR_KEYS, *SAMPLERS.names()]
-            hint = closest(unknown[0], valid)
-            did = f" Did you mean {hint!r}?" if hint else ""
-            raise DiffclsError(f"DiffclsConfig got the unknown option {unknown[0]!r}.{did} Valid: {', '.join(valid)}.")
-        values = dict(
-            loss=loss,
-            prompts=prompts,
-            dtype=dtype,
-            image_size=image_size,
-            unet_batch_size=unet_batch_size,
-            allow_pickle=allow_pickle,
-            compile=compile,
-            resume=resume,
-            on_corrupt=on_corrupt,
-            prefilter=prefilter,
-            timestep_weights=timestep_weights,
-            samplers=_sections({**(samplers or {}), **sections}),
-        )
-        for key, value in values.items():
-            object.__setattr__(self, key, value)
-
     def __getattr__(self, name: str) -> SamplerOptions:
         """``config.hierarchical`` and the like: the options of a registered sampler."""
         if name.startswith("_") or name == "samplers" or name not in SAMPLERS:
@@ -194,12 +148,8 @@ class DiffclsConfig:
         for key, choices in (("loss", LOSSES), ("prompts", PROMPT_POLICIES), ("dtype", DTYPES), ("on_corrupt", ON_CORRUPT)):
             value = getattr(self, key)
             if value not in choices:
-                hint = closest(str(value), choices)
-                did = f" Did you mean {hint!r}?" if hint else ""
-                raise DiffclsError(f"{key} must be one of {', '.join(choices)}, got {value!r}.{did}")
-        if self.image_size is not None and (
-            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8
-        ):
+                raise DiffclsError(f"{key} must be one of {', '.join(choices)}, got {value!r}.{did_you_mean(str(value), choices)}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8):
             raise DiffclsError(f"image_size must be null or an integer >= 8, got {self.image_size!r}")
 
         if isinstance(self.unet_batch_size, bool) or not isinstance(self.unet_batch_size, int) or self.unet_batch_size < 1:
@@ -211,17 +161,8 @@ class DiffclsConfig:
             if not isinstance(self.prefilter, PrefilterOptions):
                 raise DiffclsError(f"prefilter must be PrefilterOptions or null, got {self.prefilter!r}")
             self.prefilter.validate()
-        if self.timestep_weights is not None:
-            if not isinstance(self.timestep_weights, (str, os.PathLike)):
-                raise DiffclsError(f"timestep_weights must be null or the path of a weights file, got {self.timestep_weights!r}")
-            from diffcls_plugin.weighting import is_scheme, load_weights
-
-            weights = None if is_scheme(self.timestep_weights) else load_weights(self.timestep_weights)
-            if weights is not None and weights.num_train_timesteps != num_train_timesteps:
-                raise DiffclsError(
-                    f"timestep_weights {str(self.timestep_weights)!r} were fitted on a {weights.num_train_timesteps}-step schedule, "
-                    f"this model has {num_train_timesteps}; fit them for this model with `diffcls fit-weights`"
-                )
+        if self.timestep_weights is not None and not isinstance(self.timestep_weights, (str, os.PathLike)):
+            raise DiffclsError(f"timestep_weights must be null, a scheme or the path of a weights file, got {self.timestep_weights!r}")
         for name in SAMPLERS:
             options = self.sampler_options(name)
             options.check_preset()
@@ -252,14 +193,33 @@ class DiffclsConfig:
 _SCALAR_KEYS = tuple(f.name for f in fields(DiffclsConfig) if f.name != "samplers")
 
 
+def _taking_sections(init):
+    """The dataclass's own ``__init__``, also taking one keyword per registered sampler
+    (``hierarchical=HierarchicalOptions(...)``), which override ``samplers``; an unknown keyword
+    raises :class:`DiffclsError` with a "did you mean" hint."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, samplers: Mapping[str, SamplerOptions] | None = None, **kwargs: Any) -> None:
+        sections = {name: kwargs.pop(name) for name in list(kwargs) if name in SAMPLERS}
+        unknown = [name for name in kwargs if name not in _SCALAR_KEYS]
+        if unknown:
+            valid = [*_SCALAR_KEYS, *SAMPLERS.names()]
+            raise DiffclsError(f"DiffclsConfig got the unknown option {unknown[0]!r}.{did_you_mean(unknown[0], valid)} Valid: {', '.join(valid)}.")
+        init(self, *args, samplers=_sections({**(samplers or {}), **sections}), **kwargs)
+
+    return __init__
+
+
+DiffclsConfig.__init__ = _taking_sections(DiffclsConfig.__init__)
+
+
 def _where(source: str) -> str:
     return f"{source}: " if source else ""
 
 
 def _unknown_key(key: Any, known: typing.Iterable[str], source: str, prefix: str) -> DiffclsError:
     known = list(known)
-    hint = closest(str(key), known)
-    did = f" Did you mean {prefix + hint!r}?" if hint else ""
+    did = did_you_mean(str(key), known, prefix)
     section = f" of {prefix.rstrip('.')}" if prefix else ""
     return DiffclsError(f"{_where(source)}unknown key {prefix + str(key)!r}.{did} Valid keys{section}: {', '.join(known)}.")
 
@@ -298,7 +258,7 @@ def build_sampler_options(cls: type[SamplerOptions], data: Any, source: str = ""
     known = [f.name for f in fields(cls) if f.init]
     for key in data:
         if key not in known:
-            raise _unknown_key(key, known, source, prefix)
+            raise cls.removed_option_error(key, source) or _unknown_key(key, known, source, prefix)
     values: dict[str, Any] = {}
     preset = data.get("preset")
     if preset is not None:
@@ -325,9 +285,7 @@ def _build_config(data: Any, source: str) -> DiffclsConfig:
     hints = typing.get_type_hints(DiffclsConfig)
     scalars = {key: _coerce(data[key], hints[key]) for key in _SCALAR_KEYS if key in data and key != "prefilter"}
     scalars["prefilter"] = PrefilterOptions.from_mapping(data.get("prefilter"), source)
-    sections = {
-        name: build_sampler_options(SAMPLERS.get(name).options_cls, data[name], source) for name in SAMPLERS if name in data
-    }
+    sections = {name: build_sampler_options(SAMPLERS.get(name).options_cls, data[name], source) for name in SAMPLERS if name in data}
     return DiffclsConfig(**scalars, samplers=sections)
 
 
@@ -339,24 +297,6 @@ def config_from_dict(data: dict[str, Any], source: str = "") -> DiffclsConfig:
     except DiffclsError as err:
         raise DiffclsError(f"{source}: {err}" if source else str(err)) from None
     return config
-
-
-def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML or JSON file into a mapping, with an error that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclsError(f"config file {str(path)!r} does not exist; check the path")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as err:  # noqa: BLE001 - any parse error is reported the same way
-        raise DiffclsError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
-    return {} if data is None else data
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DiffclsConfig:

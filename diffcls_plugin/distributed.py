@@ -58,14 +58,12 @@ def init_from_env(use_cuda: bool) -> tuple[int, int]:
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise DiffclsError(
-                f"WORLD_SIZE={env_world_size()} but {', '.join(missing)} unset; launch with torchrun "
-                "(or srun with the torchrun rendezvous, see the README)"
+                f"WORLD_SIZE={env_world_size()} but {', '.join(missing)} unset; launch with torchrun (or srun with the torchrun rendezvous, see the README)"
             )
         if use_cuda:
             if local_rank() >= torch.cuda.device_count():
                 raise DiffclsError(
-                    f"LOCAL_RANK {local_rank()} but this node has {torch.cuda.device_count()} GPUs; "
-                    "use at most one process per GPU (--nproc_per_node)"
+                    f"LOCAL_RANK {local_rank()} but this node has {torch.cuda.device_count()} GPUs; use at most one process per GPU (--nproc_per_node)"
                 )
             torch.cuda.set_device(local_rank())
         dist.init_process_group("nccl" if use_cuda else "gloo")

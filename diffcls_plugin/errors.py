@@ -1,4 +1,4 @@
-"""The one exception type the plugin raises for bad input."""
+"""The one exception type the plugin raises for bad input, and the one "did you mean" builder."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ class DiffclsError(ValueError):
 
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The choice most similar to ``name``, or None when nothing is close."""
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    matches = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
     return matches[0] if matches else None
+
+
+def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    """``" Did you mean 'x'?"`` for the choice closest to ``name`` (``prefix`` put before it), or ``""``."""
+    hint = closest(name, choices)
+    return f" Did you mean {prefix + hint!r}?" if hint else ""
 
 
 def unknown_name_error(kind: str, name: str, choices: Iterable[str], fix: str = "") -> DiffclsError:
     """An error for an unknown name that lists the valid names and suggests the closest."""
     choices = sorted(choices)
-    suggestion = closest(name, choices)
-    hint = f" Did you mean {suggestion!r}?" if suggestion else ""
     tail = f" {fix}" if fix else ""
-    return DiffclsError(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(choices)}.{tail}")
+    return DiffclsError(f"unknown {kind} {name!r}.{did_you_mean(name, choices)} Valid: {', '.join(choices)}.{tail}")

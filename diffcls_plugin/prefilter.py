@@ -9,15 +9,20 @@ resized to CLIP's resolution and normalised with CLIP's mean and std.
 
 Config: ``prefilter: {model: RN50, pretrained: openai, top_k: 20}`` (any open_clip model and
 pretrained tag; ``pretrained: null`` builds random weights, for tests).
+
+This is the only module that imports ``open_clip``: loading a model, checking names and cached
+weights before a run, and listing the (architecture, tag) pairs a benchmark matrix may name.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.errors import DiffclsError, did_you_mean
+from diffcls_plugin.zoo import hub_offline
 
 
 @dataclass(frozen=True)
@@ -59,13 +64,78 @@ class PrefilterOptions:
         return options
 
 
+def open_clip_pretrained() -> list[tuple[str, str]]:
+    """Every (architecture, pretrained tag) open_clip knows (no download)."""
+    import open_clip
+
+    return [tuple(pair) for pair in open_clip.list_pretrained()]
+
+
+def load_open_clip(model_name: str, pretrained: str | None, device):
+    """An open_clip model for the CLIP prefilter: (model, image size, mean, std, tokenizer).
+
+    Raises:
+        DiffclsError: an unknown model or pretrained tag, or weights that cannot be loaded (offline ...).
+    """
+    import open_clip
+    import torch
+
+    check_prefilter(model_name, pretrained)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    except Exception as err:  # noqa: BLE001 - unknown tags, failed downloads, corrupt files: one message
+        raise DiffclsError(f"prefilter: cannot load open_clip {model_name} / {pretrained}: {err}; check the names, or download the weights first") from None
+    model.eval()
+    visual = model.visual
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
+    mean = torch.tensor(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, device=device)
+    std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
+    return model, size, mean, std, open_clip.get_tokenizer(model_name)
+
+
+def check_prefilter(model_name: str, pretrained: str | None) -> None:
+    """The prefilter's open_clip model and weights exist (and, offline, are in the local cache),
+    checked before any weights load. Raises :class:`DiffclsError` naming the fix."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    models = open_clip.list_models()
+    if model_name not in models:
+        raise DiffclsError(f"prefilter.model {model_name!r} is not an open_clip model.{did_you_mean(model_name, models)} See open_clip.list_models()")
+    if pretrained is None:
+        return
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return
+    tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        raise DiffclsError(
+            f"prefilter.pretrained {pretrained!r} is neither a weights file nor a pretrained tag of {model_name} "
+            f"(its tags: {', '.join(tags) or 'none'}); fix the tag or the file path"
+        )
+    if not hub_offline():
+        return  # weights that are not cached yet download when the prefilter loads
+    cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained)
+    found = False
+    if cfg.get("hf_hub"):
+        try:
+            found = bool(oc_pretrained.download_pretrained(cfg))  # offline: the cached file or an error, no network
+        except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, FileNotFoundError ...
+            found = False
+    elif cfg.get("url"):
+        found = os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"])))
+    if not found:
+        raise DiffclsError(
+            f"prefilter: the open_clip weights {model_name} / {pretrained} are not in the local cache and HF_HUB_OFFLINE is set; "
+            f'download them once with network access (python -c "import open_clip; open_clip.create_model_and_transforms('
+            f"'{model_name}', pretrained='{pretrained}')\") or give prefilter.pretrained a local weights file"
+        )
+
+
 class ClipPrefilter:
     """An open_clip model and the zero-shot classifier of one dataset's classes."""
 
     def __init__(self, options: PrefilterOptions, device="cpu") -> None:
         import torch
-
-        from diffcls_plugin.harness import load_open_clip
 
         self.options = options
         self.device = torch.device(device)

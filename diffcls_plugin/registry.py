@@ -8,7 +8,6 @@ from typing import Generic, TypeVar
 from diffcls_plugin.errors import unknown_name_error
 
 T = TypeVar("T")
-S = TypeVar("S")
 
 
 class Registry(Generic[T]):
@@ -51,33 +50,3 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self._entries)
-
-
-class RegistryView(Generic[S, T]):
-    """A live, read-only view of a :class:`Registry` that maps each entry through ``transform``.
-
-    Args:
-        registry: the registry viewed; later registrations show up at once.
-        transform: turns an entry into the value :meth:`get` returns.
-    """
-
-    def __init__(self, registry: Registry[S], transform: Callable[[S], T]) -> None:
-        self.registry = registry
-        self.transform = transform
-
-    @property
-    def kind(self) -> str:
-        return self.registry.kind
-
-    def get(self, name: str) -> T:
-        """The transformed entry; an unknown name raises the registry's "did you mean" error."""
-        return self.transform(self.registry.get(name))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.registry
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.registry)
-
-    def names(self) -> list[str]:
-        return self.registry.names()

@@ -68,8 +68,17 @@ class ImageBatchScorer:
         batch_size: the batch size in use.
     """
 
-    def __init__(self, adapter, latents: torch.Tensor, seeds: list[int], prompt_embeds: torch.Tensor,
-                 class_rows: list[list[int]], loss: str, batch_size: int, weights=None) -> None:
+    def __init__(
+        self,
+        adapter,
+        latents: torch.Tensor,
+        seeds: list[int],
+        prompt_embeds: torch.Tensor,
+        class_rows: list[list[int]],
+        loss: str,
+        batch_size: int,
+        weights=None,
+    ) -> None:
         self.adapter = adapter
         self.latents = latents
         self.seeds = seeds

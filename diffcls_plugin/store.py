@@ -187,8 +187,7 @@ class OutcomeStore:
             chunk = images[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                "SELECT image, ranking, scores, n_evals, n_rounds, stop_reason, n_unet_evals, seconds "
-                f"FROM outcomes WHERE run = ? AND image IN ({marks})",
+                f"SELECT image, ranking, scores, n_evals, n_rounds, stop_reason, n_unet_evals, seconds FROM outcomes WHERE run = ? AND image IN ({marks})",
                 (run, *chunk),
             ).fetchall()
             for image, ranking, scores, n_evals, n_rounds, stop_reason, n_unet_evals, seconds in rows:
@@ -208,8 +207,18 @@ class OutcomeStore:
         scores = [None if math.isnan(s) else s for s in r.scores]
         self._db.execute(
             "INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run, image, json.dumps(list(r.ranking)), json.dumps(scores), r.n_evals, r.n_rounds, r.stop_reason,
-             outcome.n_unet_evals, outcome.seconds, time.time()),
+            (
+                run,
+                image,
+                json.dumps(list(r.ranking)),
+                json.dumps(scores),
+                r.n_evals,
+                r.n_rounds,
+                r.stop_reason,
+                outcome.n_unet_evals,
+                outcome.seconds,
+                time.time(),
+            ),
         )
 
     def count(self, run: str | None = None) -> int:

@@ -17,7 +17,9 @@ SD3-m. This module does the same for any family:
   between its timesteps (clamped at its ends) and normalised to mean 1 on its grid;
 * ``timestep_weights: FILE`` in a config makes the scorer multiply each error at timestep ``t``
   by ``w(t)``, so every sampler (baseline means, the hierarchical beam, the race's tests) ranks
-  classes on weighted errors. ``diffcls fit-weights`` writes such a file from a harness dataset.
+  classes on weighted errors. ``diffcls fit-weights`` (:mod:`diffcls_plugin.workflows.fit_weights`)
+  writes such a file from a harness dataset; SD3's own loss weightings (``sigma_sqrt``,
+  ``cosmap``) come from its adapter (:func:`diffcls_plugin.adapters.scheme_weights`).
 
 Fit on images you will not evaluate (another split, or another dataset): weights fitted on the
 evaluated split are tuned on it, and the run says so.
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.jsonio import write_json_atomic
 
 FORMAT = "diffcls-timestep-weights/1"
 METHODS = ("per-timestep", "poly")
@@ -60,19 +63,22 @@ def check_scheme_family(value, family: str) -> None:
         )
 
 
-def scheme_weights(value: str, adapter) -> TimestepWeights | None:
-    """The weights of a built-in scheme over every training timestep of ``adapter`` (``None``: uniform)."""
-    if value == "uniform":
-        return None
-    check_scheme_family(value, getattr(adapter, "family", "sd"))
-    import torch
-    from diffusers.training_utils import compute_loss_weighting_for_sd3
+def weights_for(value, num_train_timesteps: int) -> TimestepWeights | None:
+    """The weights a ``timestep_weights`` file value names, checked against the model's schedule
+    (before any weights load); ``None`` for ``null`` and the built-in schemes (the adapter makes those).
 
-    steps = torch.arange(adapter.num_train_timesteps)
-    sigmas = adapter.sigma(steps).double().clamp_min(1e-6)  # sigma_sqrt is 1 / sigma^2
-    weights = compute_loss_weighting_for_sd3(value, sigmas).double()
-    return TimestepWeights.normalised(steps.tolist(), weights.tolist(), adapter.num_train_timesteps,
-                                      {"scheme": value, "source": "diffusers.training_utils.compute_loss_weighting_for_sd3"})
+    Raises:
+        DiffclsError: a missing or malformed file, or weights fitted on another schedule length.
+    """
+    if value is None or is_scheme(value):
+        return None
+    weights = load_weights(value)
+    if weights.num_train_timesteps != num_train_timesteps:
+        raise DiffclsError(
+            f"timestep_weights {str(value)!r} were fitted on a {weights.num_train_timesteps}-step schedule, "
+            f"this model has {num_train_timesteps}; fit them for this model with `diffcls fit-weights`"
+        )
+    return weights
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,9 @@ class TimestepWeights:
             raise DiffclsError(f"{where}: weights must be positive and finite; refit them with `diffcls fit-weights`")
 
     @classmethod
-    def normalised(cls, timesteps: Sequence[int], weights: Sequence[float], num_train_timesteps: int = 1000,
-                   meta: dict[str, Any] | None = None) -> TimestepWeights:
+    def normalised(
+        cls, timesteps: Sequence[int], weights: Sequence[float], num_train_timesteps: int = 1000, meta: dict[str, Any] | None = None
+    ) -> TimestepWeights:
         """Weights scaled to mean 1 over their grid (the ranking of classes does not change)."""
         mean = math.fsum(weights) / len(weights) if weights else 1.0
         return cls(tuple(int(t) for t in timesteps), tuple(float(w) / mean for w in weights), int(num_train_timesteps), dict(meta or {}))
@@ -134,20 +141,23 @@ class TimestepWeights:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "num_train_timesteps": self.num_train_timesteps, "timesteps": list(self.timesteps),
-                "weights": list(self.weights), "meta": self.meta}
+        return {
+            "format": FORMAT,
+            "num_train_timesteps": self.num_train_timesteps,
+            "timesteps": list(self.timesteps),
+            "weights": list(self.weights),
+            "meta": self.meta,
+        }
 
     def describe(self) -> dict[str, Any]:
         """What a result records: the file, the digest and how the weights were fitted."""
         return {"file": self.source, "sha256": self.digest, "n_timesteps": len(self.timesteps), "meta": self.meta}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the weights as JSON (atomically; the folder is created) and return the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=2)
 
 
 def load_weights(path: str | os.PathLike) -> TimestepWeights:
@@ -173,10 +183,17 @@ def _load(path: str, size: int, mtime: int) -> TimestepWeights:
     except (OSError, json.JSONDecodeError) as err:
         raise DiffclsError(f"timestep_weights: {path!r} is not a JSON weights file ({err}); write it with `diffcls fit-weights`") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise DiffclsError(f"timestep_weights: {path!r} is not a {FORMAT} file (its 'format' is {data.get('format') if isinstance(data, dict) else None!r}); write it with `diffcls fit-weights`")
+        raise DiffclsError(
+            f"timestep_weights: {path!r} is not a {FORMAT} file (its 'format' is {data.get('format') if isinstance(data, dict) else None!r}); write it with `diffcls fit-weights`"
+        )
     try:
-        return TimestepWeights(tuple(data["timesteps"]), tuple(float(w) for w in data["weights"]),
-                               int(data.get("num_train_timesteps", 1000)), dict(data.get("meta") or {}), source=path)
+        return TimestepWeights(
+            tuple(data["timesteps"]),
+            tuple(float(w) for w in data["weights"]),
+            int(data.get("num_train_timesteps", 1000)),
+            dict(data.get("meta") or {}),
+            source=path,
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise DiffclsError(f"timestep_weights: {path!r} lacks a valid {err} entry; write it with `diffcls fit-weights`") from None
 
@@ -261,6 +278,7 @@ def fit_weights(
 
         def weights_of(p):
             return (p @ powers).exp()
+
     optimiser = torch.optim.Adam([theta], lr=lr)
     uniform = torch.ones(n_t, dtype=torch.float64)
     best = (accuracy(errors[held_idx_t], labels_t[held_idx_t], uniform), uniform, 0)
@@ -282,8 +300,15 @@ def fit_weights(
         "method": method,
         "kept_uniform": best[2] == 0,  # no step beat uniform weights on the held-out images
         **({"degree": degree} if method == "poly" else {}),
-        "steps": steps, "lr": lr, "chosen_step": best[2], "holdout": holdout, "seed": seed,
-        "n_images": n, "n_fit": len(fit_idx), "n_held_out": len(held_idx), "n_classes": n_classes,
+        "steps": steps,
+        "lr": lr,
+        "chosen_step": best[2],
+        "holdout": holdout,
+        "seed": seed,
+        "n_images": n,
+        "n_fit": len(fit_idx),
+        "n_held_out": len(held_idx),
+        "n_classes": n_classes,
         "accuracy": {
             "fit_uniform": accuracy(errors[fit_idx_t], labels_t[fit_idx_t]),
             "fit_weighted": accuracy(errors[fit_idx_t], labels_t[fit_idx_t], chosen),
@@ -293,92 +318,3 @@ def fit_weights(
         **(meta or {}),
     }
     return TimestepWeights.normalised(list(timesteps), chosen.tolist(), num_train_timesteps, record)
-
-
-def collect_errors(model, loader, progress: bool = True):
-    """Every class's error at every timestep of the baseline grid, for each image of ``loader``.
-
-    Args:
-        model: a ``diffusion-baseline`` :class:`~diffcls_plugin.model.DiffusionClassifier`,
-            prepared with the dataset's classes, without timestep weights.
-        loader: batches of ``(pixels, labels)`` from ``model.transform``.
-
-    Returns:
-        ``(errors, labels, timesteps)``: (N, C, T) float64 errors, (N,) labels, (T,) timesteps.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from diffcls_plugin.samplers import li_timesteps
-
-    if model.timestep_weights is not None:
-        raise DiffclsError("collect the errors without timestep weights (set timestep_weights: null)")
-    grid = li_timesteps(model.adapter.num_train_timesteps, model.options.n_timesteps)
-    n_classes = model.n_classes
-    errors, labels = [], []
-    bar = tqdm(desc="fit-weights: images", unit="img", disable=not progress)
-    for pixels, targets in loader:
-        scorer = model.scorer(pixels)  # the adapter moves the pixels to its device
-        triples = [(i, c, t, 0) for i in range(len(pixels)) for c in range(n_classes) for t in grid]
-        values = scorer(*map(list, zip(*triples)))
-        errors.append(torch.tensor(values, dtype=torch.float64).view(len(pixels), n_classes, len(grid)))
-        labels += [int(y) for y in targets]
-        bar.update(len(pixels))
-    bar.close()
-    if not errors:
-        raise DiffclsError("the dataset gave no images to fit timestep weights on")
-    return torch.cat(errors), labels, grid
-
-
-def fit_on_dataset(
-    pretrained: str,
-    dataset: str,
-    root: str = "root",
-    split: str = "train",
-    *,
-    subset=None,
-    n_timesteps: int = 32,
-    config=None,
-    seed: int = 0,
-    batch_size: int = 32,
-    num_workers: int = 2,
-    device: str | None = None,
-    method: str = "per-timestep",
-    degree: int = 3,
-    progress: bool = True,
-) -> TimestepWeights:
-    """Fit timestep weights for ``pretrained`` on a labelled harness dataset (``diffcls fit-weights``).
-
-    Every image's errors come from the baseline grid of ``n_timesteps`` (Li et al.'s formula),
-    every class, one noise per timestep, with the run's seed, prompts and loss from ``config``;
-    :func:`fit_weights` then learns the weights. The result's ``meta`` names the checkpoint, the
-    dataset, the split and the subset, so that a run on the same split is flagged.
-    """
-    import dataclasses
-
-    import torch
-
-    from diffcls_plugin.config import DiffclsConfig
-    from diffcls_plugin.harness import labelled_dataset
-    from diffcls_plugin.model import load_classifier
-    from diffcls_plugin.samplers import BaselineOptions
-
-    config = config or DiffclsConfig()
-    if method not in METHODS:
-        raise DiffclsError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    config = dataclasses.replace(config, timestep_weights=None, resume=False, prefilter=None,
-                                 samplers={**dict(config.samplers), "baseline": BaselineOptions(n_timesteps=n_timesteps)})
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_classifier("diffusion-baseline", pretrained, device=device, config=config, seed=seed, progress=False, store=False)
-    data, classes, templates = labelled_dataset(dataset, root, split, model.transform, subset)
-    model.prepare(classes, templates)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
-    errors, labels, grid = collect_errors(model, loader, progress)
-    meta = {
-        "checkpoint": str(pretrained), "dataset": dataset, "split": split,
-        "subset": None if subset is None else subset.to_dict(), "n_timesteps": n_timesteps, "seed": seed,
-        "loss": config.loss, "prompts": config.prompts, "family": getattr(model.adapter, "family", "sd"),
-        "reference": "Jeong et al. 2025, Diffusion Classifiers Understand Compositionality, but Conditions Apply",
-    }
-    return fit_weights(errors, labels, grid, num_train_timesteps=model.adapter.num_train_timesteps, method=method,
-                       degree=degree, seed=seed, meta=meta)

@@ -81,9 +81,7 @@ _STYLE_RANK = ("regular", "book", "roman", "normal", "medium", "")
 
 
 def _fc_faces() -> list[tuple[str, str, str]]:
-    out = subprocess.run(
-        ["fc-list", "--format", "%{family[0]}\t%{style[0]}\t%{file}\n"], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["fc-list", "--format", "%{family[0]}\t%{style[0]}\t%{file}\n"], check=True, capture_output=True, text=True).stdout
     faces = []
     for line in out.splitlines():
         parts = line.split("\t")
@@ -168,9 +166,7 @@ def fonts(alphabet: tuple[str, ...] = tuple(CLASSNAMES)) -> dict[str, list[tuple
     return splits
 
 
-def load_split(
-    name: str, seed: int = 0, variants: int = 3, max_families: int | None = None, classnames: list[str] = CLASSNAMES
-) -> tuple[list, np.ndarray]:
+def load_split(name: str, seed: int = 0, variants: int = 3, max_families: int | None = None, classnames: list[str] = CLASSNAMES) -> tuple[list, np.ndarray]:
     """Images and labels of a split. ``train``: ``variants`` renders per (font, letter) with
     random height (18-26 px) and offset (+-2 px); ``val`` / ``test``: one centred 22 px render.
     ``max_families``: only the first families of the split, by name."""

@@ -3,7 +3,7 @@
 webdatasets. Deterministic: every random degradation is seeded by the split and image index.
 
 - ``digits-clean``: scikit-learn's held-out digits (the validation and test splits of
-  ``diffcls_plugin.digits``, never trained on).
+  ``diffcls_plugin.data.digits``, never trained on).
 - ``digits-noisy``: the same digits, each rotated by up to +-25 degrees, blurred (Gaussian,
   radius 1.2 px) and noised (Gaussian, sigma 70 of 255).
 - ``digits-grainy``: the same digits with Gaussian noise only (sigma 80 of 255).
@@ -50,8 +50,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import letters  # noqa: E402
 
-from diffcls_plugin import digits  # noqa: E402
-from diffcls_plugin.datasets import write_wds_classification  # noqa: E402
+from diffcls_plugin.data import digits  # noqa: E402
+from diffcls_plugin.data.wds_writer import write_wds_classification  # noqa: E402
 
 OUT = REPO / "bench" / "proxies" / "data"
 SPLIT_SEED = {"val": 1, "test": 2}
@@ -79,15 +79,30 @@ def build(pair: str, split: str) -> tuple[list, np.ndarray, list[str], list[str]
         elif pair == "digits-grainy":
             images = [noise(im, 80.0, rng) for im in images]
         return images, labels, digits.CLASSNAMES, digits.TEMPLATES
-    task = {"lowercase-fonts": letters.LOWERCASE, "cyrillic-fonts": letters.CYRILLIC, "greek-fonts": letters.GREEK,
-            "cyrillic-upper-fonts": letters.CYRILLIC_UPPER, "greek-upper-fonts": letters.GREEK_UPPER}.get(pair, letters)
+    task = {
+        "lowercase-fonts": letters.LOWERCASE,
+        "cyrillic-fonts": letters.CYRILLIC,
+        "greek-fonts": letters.GREEK,
+        "cyrillic-upper-fonts": letters.CYRILLIC_UPPER,
+        "greek-upper-fonts": letters.GREEK_UPPER,
+    }.get(pair, letters)
     images, labels = task.load_split(split, max_families=LETTER_FAMILIES[split])
     if pair == "letters-fonts":
         images = [noise(im, 24.0, rng) for im in images]
     return images, labels, task.CLASSNAMES, task.TEMPLATES
 
 
-PAIRS = ("digits-clean", "digits-noisy", "digits-grainy", "letters-fonts", "lowercase-fonts", "cyrillic-fonts", "greek-fonts", "cyrillic-upper-fonts", "greek-upper-fonts")
+PAIRS = (
+    "digits-clean",
+    "digits-noisy",
+    "digits-grainy",
+    "letters-fonts",
+    "lowercase-fonts",
+    "cyrillic-fonts",
+    "greek-fonts",
+    "cyrillic-upper-fonts",
+    "greek-upper-fonts",
+)
 
 
 def main(argv=None) -> None:

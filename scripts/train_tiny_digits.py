@@ -5,12 +5,12 @@ in Stable Diffusion's diffusers layout, from scratch, on scikit-learn's bundled 
 Offline and CPU-only (about 25 minutes on 2 cores); never run by the tests. Stages:
 
 1. tokenizer: CLIP's real BPE vocabulary from open_clip's merges file, truncated
-   (:func:`diffcls_plugin.tokenizer.save_clip_tokenizer`);
+   (:func:`diffcls_plugin.data.tokenizer.save_clip_tokenizer`);
 2. VAE (f=4: 32x32x3 images <-> 4x8x8 latents): reconstruction + a small KL term; then
    ``scaling_factor`` = 1 / std of the train latents (posterior means);
 3. UNet + CLIP text encoder jointly: the epsilon objective of Stable Diffusion on
    ``posterior mean x scaling_factor`` under SD's noise schedule, each caption drawn at random
-   from :data:`diffcls_plugin.digits.TEMPLATES` (or `scripts/letters.py`)`; EMA weights are what is saved;
+   from :data:`diffcls_plugin.data.digits.TEMPLATES` (or `scripts/letters.py`)`; EMA weights are what is saved;
 4. zero-shot accuracy on the VALIDATION split with the project's classifier (baseline sampler,
    32 timesteps = 320 UNet evaluations per image). The test split is never touched here.
 
@@ -49,13 +49,20 @@ import torch.nn.functional as F  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from diffcls_plugin import digits  # noqa: E402
+from diffcls_plugin.data import digits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import letters  # noqa: E402
 
-TASKS = {"digits": digits, "letters": letters, "lowercase": letters.LOWERCASE, "cyrillic": letters.CYRILLIC, "greek": letters.GREEK,
-         "cyrillic-upper": letters.CYRILLIC_UPPER, "greek-upper": letters.GREEK_UPPER}
+TASKS = {
+    "digits": digits,
+    "letters": letters,
+    "lowercase": letters.LOWERCASE,
+    "cyrillic": letters.CYRILLIC,
+    "greek": letters.GREEK,
+    "cyrillic-upper": letters.CYRILLIC_UPPER,
+    "greek-upper": letters.GREEK_UPPER,
+}
 
 
 def font_task_data(name: str, covering: str) -> dict[str, str]:
@@ -331,8 +338,8 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, scheduler, t
 
 def evaluate(folder: Path, split: str, seed: int, sampler: str = "diffusion-baseline", n_timesteps: int = 32, chunk: int = 24) -> dict:
     """Zero-shot accuracy of the saved folder on a split, with the project's classifier."""
+    from diffcls_plugin.classifier import load_classifier
     from diffcls_plugin.config import load_config
-    from diffcls_plugin.model import load_classifier
 
     if split == "test":
         raise SystemExit("the training script never evaluates on the test split")
@@ -359,7 +366,6 @@ def evaluate(folder: Path, split: str, seed: int, sampler: str = "diffusion-base
     }
 
 
-
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers", "numpy", "scikit-learn", "safetensors", "pillow", "open-clip-torch"):
@@ -378,7 +384,12 @@ def folder_bytes(folder: Path) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
-    p.add_argument("--task", choices=sorted(TASKS), default="digits", help="digits (sklearn), letters, lowercase, cyrillic, greek, cyrillic-upper or greek-upper (font renders, scripts/letters.py)")
+    p.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="digits",
+        help="digits (sklearn), letters, lowercase, cyrillic, greek, cyrillic-upper or greek-upper (font renders, scripts/letters.py)",
+    )
     p.add_argument("--name", default=None, help="model name recorded in TRAINING.json (default tiny-<task>)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything, and of the data split")
     p.add_argument("--threads", type=int, default=2)
@@ -406,7 +417,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-
 def _portable(path: Path) -> str:
     """A path as recorded next to the weights: relative to the repository, never a machine path."""
     root = Path(__file__).resolve().parents[1]
@@ -414,6 +424,7 @@ def _portable(path: Path) -> str:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
         return Path(path).name
+
 
 def main(argv=None) -> None:
     global task
@@ -423,7 +434,7 @@ def main(argv=None) -> None:
     seed_everything(args.seed)
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    from diffcls_plugin.tokenizer import save_clip_tokenizer
+    from diffcls_plugin.data.tokenizer import save_clip_tokenizer
 
     t0 = time.perf_counter()
     times = {}

@@ -58,13 +58,11 @@ def random_images(n: int, seed: int = 0, size: tuple[int, int] = (20, 24)):
 @pytest.fixture(scope="session")
 def tiny_wds(tmp_path_factory):
     """A 12-image, 6-class webdataset in CLIP_benchmark layout (4 shards, as many as loader workers)."""
-    from diffcls_plugin.datasets import write_wds_classification
+    from diffcls_plugin.data.wds_writer import write_wds_classification
 
     images = random_images(12)
     labels = [i % len(CLASSNAMES) for i in range(12)]
-    root = write_wds_classification(
-        tmp_path_factory.mktemp("data") / "tiny", images, labels, CLASSNAMES, TEMPLATES, n_shards=4
-    )
+    root = write_wds_classification(tmp_path_factory.mktemp("data") / "tiny", images, labels, CLASSNAMES, TEMPLATES, n_shards=4)
     return root, images, labels
 
 
@@ -72,7 +70,25 @@ def harness_eval(model: str, pretrained, dataset: str, root, output, *extra, env
     """`python -m clip_benchmark.cli eval` in a subprocess, as a user runs it (the plugin's hook
     patches that entry point too); ``env`` adds to this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--model", model, "--pretrained", str(pretrained),
-         "--dataset", dataset, "--dataset_root", str(root), "--output", str(output), *map(str, extra)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "clip_benchmark.cli",
+            "eval",
+            "--model",
+            model,
+            "--pretrained",
+            str(pretrained),
+            "--dataset",
+            dataset,
+            "--dataset_root",
+            str(root),
+            "--output",
+            str(output),
+            *map(str, extra),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSNAMES, TEMPLATES, random_images
 from PIL import Image
 
-from conftest import CLASSNAMES, TEMPLATES, random_images
 from diffcls_plugin import register
-from diffcls_plugin.datasets import write_wds_classification
+from diffcls_plugin.data.images import decode_image, to_rgb
+from diffcls_plugin.data.wds_writer import write_wds_classification
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.images import decode_image, to_rgb
 
 register()
 from clip_benchmark import cli as harness_cli  # noqa: E402
@@ -37,7 +37,7 @@ def run_harness(argv, monkeypatch, load=False):
     and whether weights were loaded."""
     loaded = []
     if not load:
-        monkeypatch.setattr("diffcls_plugin.harness.load_classifier", lambda *a, **k: loaded.append(1))
+        monkeypatch.setattr("diffcls_plugin.harness.patches.load_classifier", lambda *a, **k: loaded.append(1))
     args = harness_args(["eval", *argv], monkeypatch)
     try:
         harness_cli.main_eval(args)
@@ -55,8 +55,20 @@ def wds(tmp_path):
 
 
 def common(tiny_sd, root, out):
-    return ["--model", "diffusion-baseline", "--pretrained", str(tiny_sd), "--dataset", "wds/ds", "--dataset_root", str(root),
-            "--num_workers", "0", "--output", str(out)]
+    return [
+        "--model",
+        "diffusion-baseline",
+        "--pretrained",
+        str(tiny_sd),
+        "--dataset",
+        "wds/ds",
+        "--dataset_root",
+        str(root),
+        "--num_workers",
+        "0",
+        "--output",
+        str(out),
+    ]
 
 
 def assert_one_line(text, pattern):
@@ -72,11 +84,13 @@ def test_output_folder_that_does_not_exist(monkeypatch, tmp_path, tiny_sd, wds):
 
 
 def test_unknown_dataset_and_webdataset_without_root(monkeypatch, tmp_path, tiny_sd):
-    text, loaded = run_harness(["--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "cifar11",
-                                "--output", str(tmp_path / "r.json")], monkeypatch)
+    text, loaded = run_harness(
+        ["--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "cifar11", "--output", str(tmp_path / "r.json")], monkeypatch
+    )
     assert_one_line(text, r"--dataset cifar11 .*cannot be built: Unsupported dataset: cifar11.*check the dataset name")
-    text, _ = run_harness(["--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/mine",
-                           "--output", str(tmp_path / "r.json")], monkeypatch)
+    text, _ = run_harness(
+        ["--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/mine", "--output", str(tmp_path / "r.json")], monkeypatch
+    )
     assert_one_line(text, r"--dataset wds/mine is a webdataset, but --dataset_root 'root' has no test/nshards\.txt")
     assert loaded == []
 
@@ -120,8 +134,9 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 
 def test_offline_hub_id_and_damaged_weights_fail_before_loading(monkeypatch, tmp_path, tiny_sd, wds):
-    text, loaded = run_harness([*common(tiny_sd, wds, tmp_path / "r.json")[:2], "--pretrained", "someone/not-cached",
-                                *common(tiny_sd, wds, tmp_path / "r.json")[4:]], monkeypatch)
+    text, loaded = run_harness(
+        [*common(tiny_sd, wds, tmp_path / "r.json")[:2], "--pretrained", "someone/not-cached", *common(tiny_sd, wds, tmp_path / "r.json")[4:]], monkeypatch
+    )
     assert_one_line(text, r"'someone/not-cached'.*is not in the local hub cache and HF_HUB_OFFLINE is set; download it first")
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_sd, damaged)
@@ -176,8 +191,8 @@ def test_a_corrupt_image_is_named_skipped_and_counted_or_stops_the_run(monkeypat
 
 
 def test_non_finite_errors_name_the_real_cause(tiny_sd, tmp_path):
+    from diffcls_plugin.classifier import load_classifier
     from diffcls_plugin.config import DiffclsConfig
-    from diffcls_plugin.model import load_classifier
     from diffcls_plugin.samplers import BaselineOptions
 
     model = load_classifier("diffusion-baseline", str(tiny_sd), config=DiffclsConfig(baseline=BaselineOptions(n_timesteps=2)), progress=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffcls_plugin.benchmark import load_benchmark, plan
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.workflows.benchmark import load_benchmark, plan
 
 CONFIGS = sorted((Path(__file__).parents[1] / "benchmark_configs").glob("*.yaml"))
 DEMO = resources.files("diffcls_plugin") / "configs" / "demo.yaml"
@@ -60,9 +60,15 @@ def write(tmp_path, **changes):
     [
         ({"modles": []}, r"unknown key modles\. Did you mean 'models'\?"),
         ({"models": [{"name": "diffusion-hier", "pretrianed": "x"}]}, r"unknown key models\[0\]\.pretrianed\. Did you mean 'pretrained'\?"),
-        ({"models": [{"name": "diffusion-hierarchical"}]}, r"models\[0\]\.name: unknown diffusion model 'diffusion-hierarchical'\. Did you mean 'diffusion-hier'\?"),
+        (
+            {"models": [{"name": "diffusion-hierarchical"}]},
+            r"models\[0\]\.name: unknown diffusion model 'diffusion-hierarchical'\. Did you mean 'diffusion-hier'\?",
+        ),
         ({"models": [{"name": "RN51", "pretrained": "openai"}]}, r"models\[0\]\.name 'RN51' is neither a diffusion model .* Did you mean 'RN50'\?"),
-        ({"models": [{"name": "RN50", "pretrained": "opneai"}]}, r"models\[0\]\.pretrained 'opneai' is not an open_clip checkpoint of RN50\. Did you mean 'openai'\?"),
+        (
+            {"models": [{"name": "RN50", "pretrained": "opneai"}]},
+            r"models\[0\]\.pretrained 'opneai' is not an open_clip checkpoint of RN50\. Did you mean 'openai'\?",
+        ),
         ({"models": [{"name": "RN50"}]}, r"models\[0\]\.pretrained is required"),
         ({"datasets": [{"name": "cifar11"}]}, r"datasets\[0\]\.name 'cifar11' is not a CLIP_benchmark dataset\. Did you mean 'cifar10'\?"),
         ({"datasets": [{"name": "wds/mine"}]}, r"datasets\[0\]\.root is required for the webdataset 'wds/mine'"),
@@ -71,7 +77,10 @@ def write(tmp_path, **changes):
         ({"subset": {"per_class": 2, "total": 3}}, r"subset: give exactly one of per_class or total"),
         ({"subset": {"k": 2}}, r"unknown key subset\.k"),
         ({"precision": "fp64"}, r"precision must be one of auto, fp32, fp16, bf16"),
-        ({"models": [{"name": "diffusion-adaptive", "options": {"adaptive": {"to_keep": [5, 2]}}}]}, r"options of 'diffusion-adaptive sd2-base' on wds/digits: adaptive\.to_keep must end with 1"),
+        (
+            {"models": [{"name": "diffusion-adaptive", "options": {"adaptive": {"to_keep": [5, 2]}}}]},
+            r"options of 'diffusion-adaptive sd2-base' on wds/digits: adaptive\.to_keep must end with 1",
+        ),
         ({"datasets": [{"name": "wds/digits", "options": {"hierarchical": {"beam_size": 2}}}]}, r"unknown key 'hierarchical\.beam_size'"),
         ({"models": [{"name": "diffusion-hier"}, {"name": "diffusion-hier"}]}, r"same label twice"),
         ({"models": [{"name": "RN50", "pretrained": "openai", "options": {"loss": "l1"}}]}, r"options apply to diffusion models only"),
@@ -107,21 +116,35 @@ def _matrix(tmp_path, models, root):
     import yaml
 
     path = tmp_path / "matrix.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "m", "output": str(tmp_path / "out"), "num_workers": 0, "batch_size": 4,
-        "models": models, "datasets": [{"name": "wds/tiny", "root": str(root), "options": {"baseline": {"n_timesteps": 2}}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "m",
+                "output": str(tmp_path / "out"),
+                "num_workers": 0,
+                "batch_size": 4,
+                "models": models,
+                "datasets": [{"name": "wds/tiny", "root": str(root), "options": {"baseline": {"n_timesteps": 2}}}],
+            }
+        )
+    )
     return load_benchmark(path)
 
 
 def test_run_checks_every_cell_before_the_first_computes(tmp_path, tiny_sd, tiny_wds):
-    from diffcls_plugin.benchmark import run_benchmark
     from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.workflows.benchmark import run_benchmark
 
     root, _, _ = tiny_wds
-    config = _matrix(tmp_path, [{"name": "diffusion-baseline", "pretrained": str(tiny_sd)},
-                                {"name": "diffusion-baseline", "pretrained": str(tmp_path / "no-such-model"), "label": "bad"},
-                                {"name": "diffusion-hier", "pretrained": "someone/not-cached"}], root)
+    config = _matrix(
+        tmp_path,
+        [
+            {"name": "diffusion-baseline", "pretrained": str(tiny_sd)},
+            {"name": "diffusion-baseline", "pretrained": str(tmp_path / "no-such-model"), "label": "bad"},
+            {"name": "diffusion-hier", "pretrained": "someone/not-cached"},
+        ],
+        root,
+    )
     with pytest.raises(DiffclsError) as exc:
         run_benchmark(config, echo=lambda _: None)
     text = str(exc.value)
@@ -132,12 +155,18 @@ def test_run_checks_every_cell_before_the_first_computes(tmp_path, tiny_sd, tiny
 
 
 def test_a_cell_that_fails_while_running_does_not_stop_the_others(tmp_path, tiny_sd, tiny_wds):
-    from diffcls_plugin.benchmark import run_benchmark
     from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.workflows.benchmark import run_benchmark
 
     root, _, _ = tiny_wds
-    config = _matrix(tmp_path, [{"name": "diffusion-baseline", "pretrained": str(tiny_sd), "label": "first"},
-                                {"name": "diffusion-baseline", "pretrained": str(tiny_sd), "label": "second"}], root)
+    config = _matrix(
+        tmp_path,
+        [
+            {"name": "diffusion-baseline", "pretrained": str(tiny_sd), "label": "first"},
+            {"name": "diffusion-baseline", "pretrained": str(tiny_sd), "label": "second"},
+        ],
+        root,
+    )
     import diffcls_plugin.harness as harness
 
     original = harness.run_harness

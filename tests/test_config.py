@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from diffcls_plugin.config import DiffclsConfig, config_from_env, load_config
+from diffcls_plugin.config import DiffclsConfig, config_from_dict, config_from_env, load_config
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.samplers import AdaptiveOptions, BaselineOptions, HierarchicalOptions, li_timesteps, schedule
 
@@ -80,7 +80,15 @@ def test_config_from_environment(tmp_path, monkeypatch):
 
 
 PAPER = dict(
-    t_start=0, t_end=None, t_step=None, n_timesteps=32, n_noises=1, beam_factor=2, beam="fixed", min_beam=1, patience=None,
+    t_start=0,
+    t_end=None,
+    t_step=None,
+    n_timesteps=32,
+    n_noises=1,
+    beam_factor=2,
+    beam="fixed",
+    min_beam=1,
+    patience=None,
     direction="ascending",
 )
 
@@ -116,8 +124,22 @@ def test_sampler_sections_build_compare_and_replace_like_fields():
     assert (replaced.hierarchical.beam_factor, replaced.dtype, replaced.loss) == (4, "fp32", "l1")
     assert config.hierarchical.beam_factor == 2  # frozen: replace made a new config
     assert list(config.to_dict()) == [
-        "loss", "prompts", "dtype", "image_size", "unet_batch_size", "allow_pickle", "compile", "resume", "on_corrupt", "prefilter", "timestep_weights", "baseline", "adaptive", "hierarchical",
-        "ttest", "race",
+        "loss",
+        "prompts",
+        "dtype",
+        "image_size",
+        "unet_batch_size",
+        "allow_pickle",
+        "compile",
+        "resume",
+        "on_corrupt",
+        "prefilter",
+        "timestep_weights",
+        "baseline",
+        "adaptive",
+        "hierarchical",
+        "ttest",
+        "race",
     ]
     with pytest.raises(DiffclsError, match=r"unknown option 'hierarchial'\. Did you mean 'hierarchical'\?"):
         DiffclsConfig(hierarchial=HierarchicalOptions())
@@ -135,3 +157,10 @@ def test_published_presets_of_li_et_al_and_clark_jaini():
     assert (config.ttest.p, config.ttest.min_samples, config.ttest.max_samples, config.ttest.weight_rate) == (2e-3, 20, 2000, 7.0)
     cifar = load_config(None, ["adaptive.preset=li-cifar10"]).adaptive
     assert (cifar.to_keep, cifar.n_samples) == ((5, 1), (50, 500))
+
+
+def test_a_config_that_sets_a_removed_sampler_option_is_told_so():
+    with pytest.raises(DiffclsError, match=r"my\.yaml: race\.screen was removed: race now always runs as it did at race\.screen: 1\.0.*beam_factor"):
+        config_from_dict({"race": {"screen": 0.5}}, "my.yaml")
+    with pytest.raises(DiffclsError, match=r"unknown key 'race\.alpah'\. Did you mean 'race\.alpha'\?"):
+        config_from_dict({"race": {"alpah": 0.1}}, "my.yaml")  # an option that never existed is an ordinary unknown key

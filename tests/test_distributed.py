@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import CLASSNAMES
 
 
@@ -24,14 +23,29 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds)
     config = tmp_path / "diffcls.yaml"
     config.write_text("hierarchical:\n  n_timesteps: 8\n  beam_factor: 1.5\n")
     env = dict(os.environ, DIFFCLS_CONFIG=str(config), OMP_NUM_THREADS="1")
-    args = ["eval", "--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
-            "--batch_size", "5", "--num_workers", "0", "--seed", "3"]
+    args = [
+        "eval",
+        "--model",
+        "diffusion-hier",
+        "--pretrained",
+        str(tiny_sd),
+        "--dataset",
+        "wds/tiny",
+        "--dataset_root",
+        str(root),
+        "--batch_size",
+        "5",
+        "--num_workers",
+        "0",
+        "--seed",
+        "3",
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", clip_benchmark_script()]
-    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "two.json")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "two.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
-    one = subprocess.run([clip_benchmark_script(), *args, "--output", str(tmp_path / "one.json")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [clip_benchmark_script(), *args, "--output", str(tmp_path / "one.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert one.returncode == 0, one.stderr[-4000:]
     a, b = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
     assert a["metrics"] == b["metrics"]
@@ -42,8 +56,9 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds)
     assert a["diffcls"]["unet_evals_per_image"] == b["diffcls"]["unet_evals_per_image"]
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["one.json", "two.json"]  # rank 1 wrote nothing
 
-    refused = subprocess.run([*torchrun, *args, "--distributed", "--output", str(tmp_path / "x.json")], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(
+        [*torchrun, *args, "--distributed", "--output", str(tmp_path / "x.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert refused.returncode != 0
     assert "diffcls: error: --distributed shards whole runs over the torchrun ranks" in refused.stderr
     assert not (tmp_path / "x.json").exists()

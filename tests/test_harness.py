@@ -10,13 +10,13 @@ import sys
 
 import pytest
 import torch
+from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images
 from diffcls_plugin import register
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import load_config
 from diffcls_plugin.harness import session
-from diffcls_plugin.model import load_classifier
 
 register()
 from clip_benchmark import cli as harness_cli  # noqa: E402
@@ -41,9 +41,7 @@ def independent_metrics(rankings, labels, n_classes):
 
 def test_model_type_is_registered_and_listed_in_help():
     assert "diffusion" in MODEL_TYPES
-    out = subprocess.run(
-        [sys.executable, "-m", "clip_benchmark.cli", "eval", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "eval", "--help"], capture_output=True, text=True, check=True).stdout
     assert "diffusion" in out.split("--model_type")[1]
 
 
@@ -63,9 +61,7 @@ def test_python_dash_m_runs_the_plugins_checks_too(tmp_path):
 )
 @pytest.mark.parametrize("model_name", ["diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-ttest", "diffusion-race"])
 def test_harness_logits_rank_classes_exactly_as_the_sampler(tiny_sd, templates, model_name):
-    config = load_config(
-        None, ["adaptive.to_keep=[3,1]", "adaptive.n_samples=[4,8]", "baseline.n_timesteps=8", "ttest.min_samples=3", "ttest.max_samples=12"]
-    )
+    config = load_config(None, ["adaptive.to_keep=[3,1]", "adaptive.n_samples=[4,8]", "baseline.n_timesteps=8", "ttest.min_samples=3", "ttest.max_samples=12"])
     # through the harness's own loader entry point, with --model_type open_clip (the default); the
     # options reach the loader as a `diffcls eval` session hands them over
     with session(config):
@@ -104,14 +100,11 @@ def test_harness_accuracy_runs_under_the_installed_numpy():
     acc1, acc5 = zsc.accuracy(logits, target, topk=(1, 5))
     assert (acc1, acc5) == (2 / 3, 1.0)
     if tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 4):
-        assert zsc.accuracy.__module__ == "diffcls_plugin.harness"  # the broken original was replaced
+        assert zsc.accuracy.__module__ == "diffcls_plugin.harness.patches"  # the broken original was replaced
 
 
 def test_hook_patches_lazily_without_importing_torch_and_can_be_switched_off():
-    code = (
-        "import sys; assert 'torch' not in sys.modules, 'torch imported at start';"
-        "import clip_benchmark.models as m; print('diffusion' in m.MODEL_TYPES)"
-    )
+    code = "import sys; assert 'torch' not in sys.modules, 'torch imported at start';import clip_benchmark.models as m; print('diffusion' in m.MODEL_TYPES)"
     env = dict(os.environ)
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert on.stdout.strip() == "True", on.stderr
@@ -140,7 +133,7 @@ def harness_args(argv, monkeypatch):
 def test_bad_harness_input_is_one_clear_line_before_any_loading(monkeypatch, argv, message):
     args = harness_args(["eval", "--dataset", "cifar10", *argv], monkeypatch)
     loaded = []
-    monkeypatch.setattr("diffcls_plugin.harness.load_classifier", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr("diffcls_plugin.harness.patches.load_classifier", lambda *a, **k: loaded.append(1))
     with pytest.raises(SystemExit) as exc:
         harness_cli.main_eval(args)
     text = str(exc.value.code)
@@ -160,9 +153,7 @@ def test_bad_config_named_by_environment_fails_before_loading(monkeypatch, tmp_p
 
 def test_multilabel_webdataset_is_refused(monkeypatch, tmp_path):
     (tmp_path / "dataset_type.txt").write_text("multilabel\n")
-    args = harness_args(
-        ["eval", "--model", "diffusion-hier", "--dataset", "wds/ml", "--dataset_root", str(tmp_path)], monkeypatch
-    )
+    args = harness_args(["eval", "--model", "diffusion-hier", "--dataset", "wds/ml", "--dataset_root", str(tmp_path)], monkeypatch)
     with pytest.raises(SystemExit, match="multi-label"):
         harness_cli.main_eval(args)
 
@@ -183,9 +174,29 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
         "race:\n  n_timesteps: 16\n  alpha: 0.05\n"
     )
     proc = run_cli(
-        ["clip_benchmark", "eval", "--model", "diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-race",
-         "--model_type", "diffusion", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root),
-         "--batch_size", "5", "--seed", "7", "--output", str(tmp_path / "{model}.json")],
+        [
+            "clip_benchmark",
+            "eval",
+            "--model",
+            "diffusion-baseline",
+            "diffusion-adaptive",
+            "diffusion-hier",
+            "diffusion-race",
+            "--model_type",
+            "diffusion",
+            "--pretrained",
+            str(tiny_sd),
+            "--dataset",
+            "wds/tiny",
+            "--dataset_root",
+            str(root),
+            "--batch_size",
+            "5",
+            "--seed",
+            "7",
+            "--output",
+            str(tmp_path / "{model}.json"),
+        ],
         cwd=tmp_path,
         env_extra={"DIFFCLS_CONFIG": str(config)},
     )
@@ -220,15 +231,18 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
 
 def test_default_pretrained_means_sd2_base(monkeypatch):
     args = harness_args(["eval", "--model", "diffusion-hier", "--dataset", "cifar10"], monkeypatch)
-    from diffcls_plugin.harness import prepare_run
+    from diffcls_plugin.harness.preflight import preflight
 
     # one run of the matrix, as clip_benchmark.cli.main_eval hands it to run()
     args.model, args.pretrained, args.dataset, args.language = "diffusion-hier", args.pretrained[0], "cifar10", "en"
     # the hub-cache and dataset checks need the weights and CIFAR10 on disk: record what they are asked
     checked = []
-    monkeypatch.setattr("diffcls_plugin.harness.check_checkpoint_offline", lambda checkpoint, allow_pickle: checked.append(checkpoint.source))
-    monkeypatch.setattr("diffcls_plugin.harness.check_dataset", lambda args, task: checked.append((args.dataset, task)))
-    ctx = prepare_run(args)
+    monkeypatch.setattr("diffcls_plugin.harness.preflight.check_checkpoint_offline", lambda checkpoint, allow_pickle: checked.append(checkpoint.source))
+    monkeypatch.setattr("diffcls_plugin.harness.preflight.check_dataset", lambda args, task: checked.append((args.dataset, task)))
+    checked_run = preflight(args)
+    ctx = checked_run.context
+    assert checked_run.changes == {"pretrained": "sd2-base"} and args.pretrained == "laion400m_e32"  # returned, not applied
+    checked_run.apply(args)
     assert args.pretrained == "sd2-base"
     assert ctx.checkpoint.source == "stabilityai/stable-diffusion-2-base"
     assert checked == ["stabilityai/stable-diffusion-2-base", ("cifar10", "zeroshot_classification")]
@@ -243,9 +257,29 @@ def test_diffcls_eval_passes_the_same_options(tmp_path, tiny_sd, tiny_wds):
     out = tmp_path / "r.json"
     result = CliRunner().invoke(
         main,
-        ["eval", "--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny",
-         "--dataset-root", str(root), "--num-workers", "0", "--output", str(out), "--subset-per-class", "1",
-         "--set", "hierarchical.beam_factor=3", "--set", "hierarchical.direction=descending", "--set", "loss=l1"],
+        [
+            "eval",
+            "--model",
+            "diffusion-hier",
+            "--pretrained",
+            str(tiny_sd),
+            "--dataset",
+            "wds/tiny",
+            "--dataset-root",
+            str(root),
+            "--num-workers",
+            "0",
+            "--output",
+            str(out),
+            "--subset-per-class",
+            "1",
+            "--set",
+            "hierarchical.beam_factor=3",
+            "--set",
+            "hierarchical.direction=descending",
+            "--set",
+            "loss=l1",
+        ],
     )
     assert result.exit_code == 0, result.output
     block = json.loads(out.read_text())["diffcls"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from diffcls_plugin.cli import main
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.leaderboard import build_table, read_results, render
+from diffcls_plugin.workflows.leaderboard import build_table, read_results, render
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RESULTS = FIXTURES / "results"

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images
+
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import DiffclsConfig, load_config
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.model import load_classifier
 from diffcls_plugin.prefilter import PrefilterOptions
 from diffcls_plugin.samplers import BaselineOptions
 
@@ -26,11 +26,15 @@ def tiny_clip_config(tmp_path_factory):
     import open_clip
 
     folder = tmp_path_factory.mktemp("open_clip_configs")
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
+    (folder / f"{TINY_CLIP}.json").write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            }
+        )
+    )
     open_clip.add_model_config(folder)
 
 
@@ -82,6 +86,7 @@ def test_the_true_class_survives_the_prefilter_and_then_wins(tiny_sd, monkeypatc
                 rest = [c for c in range(len(CLASSNAMES)) if c != truth[i]]
                 out.append(rest[:place] + [truth[i]] + rest[place:])
             return out
+
         return order
 
     monkeypatch.setattr(model.prefilter, "order", planted(2))  # CLIP ranks the true class third: kept
@@ -105,13 +110,13 @@ def test_prefilter_options_are_checked():
 
 def _check_in_subprocess(tmp_path, model: str, tag: str) -> subprocess.CompletedProcess:
     """check_prefilter with an empty (or planted) hub cache under HF_HOME, offline."""
-    code = f"from diffcls_plugin.harness import check_prefilter; check_prefilter({model!r}, {tag!r}); print('ok')"
+    code = f"from diffcls_plugin.prefilter import check_prefilter; check_prefilter({model!r}, {tag!r}); print('ok')"
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
 def test_prefilter_names_are_checked_before_anything_loads():
-    from diffcls_plugin.harness import check_prefilter
+    from diffcls_plugin.prefilter import check_prefilter
 
     with pytest.raises(DiffclsError, match=r"'RN5' is not an open_clip model\. Did you mean 'RN50'\?"):
         check_prefilter("RN5", "openai")

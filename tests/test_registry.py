@@ -8,8 +8,6 @@ import pytest
 
 from diffcls_plugin.config import DiffclsConfig, config_from_dict, load_config
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.leaderboard import Result, build_table, sampler_rank
-from diffcls_plugin.model import MODELS
 from diffcls_plugin.samplers import (
     SAMPLERS,
     SAMPLERS_BY_MODEL,
@@ -19,10 +17,10 @@ from diffcls_plugin.samplers import (
     SamplerSpec,
     classify,
     register_sampler,
-    spec_for_model,
     unregister_sampler,
 )
 from diffcls_plugin.samplers.base import finish
+from diffcls_plugin.workflows.leaderboard import Result, build_table, sampler_rank
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,10 @@ def test_a_registered_sampler_gets_a_config_section(toy_sampler, tmp_path):
 
 
 def test_a_registered_sampler_resolves_by_model_name_and_runs(toy_sampler):
-    assert "diffusion-toy" in MODELS and MODELS.get("diffusion-toy") == "toy"
-    assert MODELS.names() == [
-        "diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-ttest", "diffusion-race", "diffusion-toy"
-    ]
-    assert spec_for_model("diffusion-toy") is toy_sampler is SAMPLERS.get("toy")
-    options = DiffclsConfig().sampler_options(MODELS.get("diffusion-toy"))
+    assert "diffusion-toy" in SAMPLERS_BY_MODEL and SAMPLERS_BY_MODEL.get("diffusion-toy").name == "toy"
+    assert SAMPLERS_BY_MODEL.names() == ["diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-ttest", "diffusion-race", "diffusion-toy"]
+    assert SAMPLERS_BY_MODEL.get("diffusion-toy") is toy_sampler is SAMPLERS.get("toy")
+    options = DiffclsConfig().sampler_options(SAMPLERS_BY_MODEL.get("diffusion-toy").name)
     result = classify(toy_sampler.fn(3, options), lambda c, t, n: [float(ci != 1) for ci in c])
     assert result.prediction == 1 and result.n_evals == 3 * 2
 
@@ -96,10 +92,10 @@ def test_a_registered_sampler_takes_its_place_in_the_leaderboard(toy_sampler):
 def test_unregistering_removes_every_trace(toy_sampler):
     unregister_sampler("toy")
     try:
-        assert "diffusion-toy" not in MODELS and "toy" not in SAMPLERS and "diffusion-toy" not in SAMPLERS_BY_MODEL
+        assert "toy" not in SAMPLERS and "diffusion-toy" not in SAMPLERS_BY_MODEL
         assert "toy" not in DiffclsConfig().to_dict()
         with pytest.raises(DiffclsError, match=r"unknown diffusion model 'diffusion-toy'\. Did you mean 'diffusion-ttest'\?"):
-            MODELS.get("diffusion-toy")
+            SAMPLERS_BY_MODEL.get("diffusion-toy")
         with pytest.raises(DiffclsError, match=r"unknown key 'toy'"):
             config_from_dict({"toy": {}})
     finally:
@@ -115,4 +111,4 @@ def test_registration_checks_names():
         register_sampler(SamplerSpec("toy", ToyOptions, toy, model_name="diffusion-hier", summary="x"))
     assert "toy" not in SAMPLERS  # a failed registration leaves nothing behind
     with pytest.raises(DiffclsError, match=r"unknown diffusion model 'diffusion-hierr'\. Did you mean 'diffusion-hier'\?"):
-        spec_for_model("diffusion-hierr")
+        SAMPLERS_BY_MODEL.get("diffusion-hierr")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from diffcls_plugin.cli import main
-from diffcls_plugin.regression import binomial_tolerance
+from diffcls_plugin.workflows.regression import binomial_tolerance
 
 RESULTS = Path(__file__).parent / "fixtures" / "results"
 
@@ -72,14 +72,17 @@ def test_a_drop_within_tolerance_and_an_improvement_pass(tmp_path):
 
 def test_missing_result_and_explicit_tolerances(tmp_path):
     ref = tmp_path / "ref.json"
-    ref.write_text(json.dumps({
-        "tolerances": {"acc1": {"abs": 0.001}, "seconds_per_image": {"rel": 0.5}},
-        "entries": [
-            {"label": "diffusion-hier tiny-digits", "dataset": "wds/digits", "n_images": 400,
-             "metrics": {"acc1": 0.925, "seconds_per_image": 0.02}},
-            {"label": "nobody", "dataset": "wds/digits", "metrics": {"acc1": 0.5}},
-        ],
-    }))
+    ref.write_text(
+        json.dumps(
+            {
+                "tolerances": {"acc1": {"abs": 0.001}, "seconds_per_image": {"rel": 0.5}},
+                "entries": [
+                    {"label": "diffusion-hier tiny-digits", "dataset": "wds/digits", "n_images": 400, "metrics": {"acc1": 0.925, "seconds_per_image": 0.02}},
+                    {"label": "nobody", "dataset": "wds/digits", "metrics": {"acc1": 0.5}},
+                ],
+            }
+        )
+    )
     only = tmp_path / "r"
     only.mkdir()
     shutil.copy(RESULTS / "digits_hier.json", only)
@@ -142,8 +145,8 @@ def test_an_option_added_after_the_reference_matches_only_at_its_default():
     # with them at their defaults (the race as it was) is on the same setup; with a beam it is not
     from types import SimpleNamespace
 
-    from diffcls_plugin.regression import setup_differences
     from diffcls_plugin.samplers.race import RaceOptions
+    from diffcls_plugin.workflows.regression import setup_differences
 
     def result(options):
         return SimpleNamespace(diffcls={"n_images": 100, "sampler": "race", "seed": 0, "config": {"sampler": options.to_dict()}})
@@ -156,3 +159,87 @@ def test_an_option_added_after_the_reference_matches_only_at_its_default():
     assert len(setup_differences(expected, result(RaceOptions(alpha=0.1)))) == 1  # a recorded option still counts
     # a key the reference records but the result lacks is a difference too
     assert len(setup_differences({**expected, "options": {**older, "gone": 1}}, result(RaceOptions()))) == 1
+
+
+def _race_result(options: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        label="diffusion-race tiny-digits",
+        dataset="wds/digits",
+        value=lambda metric: 0.98,
+        diffcls={"n_images": 100, "sampler": "race", "seed": 0, "config": {"sampler": options}},
+    )
+
+
+def test_an_option_removed_after_the_reference_matches_only_at_its_former_default():
+    # the race's n_noises, max_slots and screen went (RaceOptions.REMOVED): a reference that recorded
+    # them at their former defaults (the race as it runs now) is on the same setup; at another value
+    # it is a MISMATCH that says the option was removed
+    from diffcls_plugin.samplers.race import RaceOptions
+    from diffcls_plugin.workflows.regression import check, setup_differences
+
+    older = {**RaceOptions().to_dict(), "n_noises": 1, "max_slots": None, "screen": 1.0}
+    expected = {"n_images": 100, "sampler": "race", "options": older, "seed": 0}
+    assert setup_differences(expected, _race_result(RaceOptions().to_dict())) == []
+    assert setup_differences({**expected, "options": {**older, "screen": 1}}, _race_result(RaceOptions().to_dict())) == []  # 1 == 1.0
+    screened = setup_differences({**expected, "options": {**older, "screen": 0.5}}, _race_result(RaceOptions().to_dict()))
+    assert len(screened) == 1 and "options.screen 0.5 (reference), but race.screen was removed" in screened[0]
+    assert "as it did at screen 1.0" in screened[0]
+    # two removed options off their defaults and a kept option changed: a line each, and the options line
+    both = setup_differences({**expected, "options": {**older, "max_slots": 16, "n_noises": 2}}, _race_result(RaceOptions(alpha=0.1).to_dict()))
+    assert [line.split(" ")[0] for line in both] == ["options.max_slots", "options.n_noises", "options"]
+    # a key the reference records that the sampler never had is a plain difference
+    assert setup_differences({**expected, "options": {**older, "gone": 1}}, _race_result(RaceOptions().to_dict())) == [
+        f"options {RaceOptions().to_dict()!r} (reference: { ({**older, 'gone': 1})!r})"
+    ]
+
+    reference = {
+        "entries": [
+            {
+                "label": "diffusion-race tiny-digits",
+                "dataset": "wds/digits",
+                "metrics": {"acc1": 0.98},
+                "n_images": 100,
+                "setup": {**expected, "options": {**older, "screen": 0.5}},
+            }
+        ]
+    }
+    (mismatch,) = check([_race_result(RaceOptions().to_dict())], reference)
+    assert mismatch.status == "mismatch" and "race.screen was removed" in mismatch.line()
+    reference["entries"][0]["setup"] = expected
+    (ok,) = check([_race_result(RaceOptions().to_dict())], reference)
+    assert ok.status == "ok"
+
+
+def test_the_committed_ci_smoke_reference_is_the_setup_a_run_of_today_records():
+    # benchmark_configs/ci-smoke.yaml runs the hierarchical sampler and the race at their defaults;
+    # its reference was written before the race gained its beam and lost n_noises, max_slots and
+    # screen, and must still match (unchanged) what a run records now
+    from types import SimpleNamespace
+
+    from diffcls_plugin.samplers import SAMPLERS
+    from diffcls_plugin.workflows.regression import setup_differences
+
+    reference = json.loads((Path(__file__).parents[1] / "benchmark_configs" / "ci-smoke.reference.json").read_text())
+    samplers = set()
+    for entry in reference["entries"]:
+        setup = entry["setup"]
+        cls = SAMPLERS.get(setup["sampler"]).options_cls
+        if setup["sampler"] in ("race", "hierarchical"):  # run at their defaults
+            options = cls()
+        else:  # run with the options ci-smoke.yaml gives them
+            options = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in setup["options"].items()})
+        result = SimpleNamespace(
+            diffcls={
+                "n_images": setup["n_images"],
+                "subset": {"indices_sha256": setup["subset_sha256"]},
+                "sampler": setup["sampler"],
+                "seed": setup["seed"],
+                "config": {"sampler": options.to_dict()},
+            }
+        )
+        assert setup_differences(setup, result) == [], entry["label"]
+        samplers.add(setup["sampler"])
+    assert {"race", "hierarchical"} <= samplers
+    assert {"n_noises", "max_slots", "screen"} <= set(next(e for e in reference["entries"] if e["setup"]["sampler"] == "race")["setup"]["options"])

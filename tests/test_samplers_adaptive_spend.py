@@ -11,13 +11,13 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_samplers import Recorder
 
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.samplers import BaselineOptions, baseline, classify, li_timesteps
 from diffcls_plugin.samplers.base import Evaluations
-from diffcls_plugin.samplers.race import RaceOptions, _eliminate, race, visit_order
+from diffcls_plugin.samplers.race import RaceOptions, _eliminate, population, race, race_over, visit_order
 from diffcls_plugin.samplers.ttest import TTestOptions, draws, one_sided_p, ttest
-from test_samplers import Recorder
 
 
 def planted(n_classes: int, true: int, gap: float) -> list[float]:
@@ -26,9 +26,8 @@ def planted(n_classes: int, true: int, gap: float) -> list[float]:
 
 SAMPLERS = {
     "race": lambda n, o=None: race(n, o or RaceOptions()),
-    "race-per-class": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", alpha=0.2, min_slots=4, max_slots=None)),
+    "race-per-class": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", alpha=0.2, min_slots=4)),
     "race-pooled": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, correction="none")),
-    "race-pooled-middle": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, max_slots=16, screen=0.5, correction="none")),
     "race-pooled-holm": lambda n, o=None: race(n, o or RaceOptions(variance="pooled", min_slots=2, alpha=0.05, correction="holm")),
     "race-per-class-bonferroni": lambda n, o=None: race(n, o or RaceOptions(variance="per-class", min_slots=4, correction="bonferroni")),
     "race-beam": lambda n, o=None: race(n, o or RaceOptions(alpha=0.1, min_slots=2, beam_factor=1.25, min_beam=2)),
@@ -62,17 +61,17 @@ def test_spends_more_on_close_calls_than_on_easy_ones(name):
 
 
 @pytest.mark.parametrize("variance", ["per-class", "pooled"])
-def test_race_that_cannot_eliminate_equals_the_baseline(variance):
+@pytest.mark.parametrize("n_timesteps", [32, 10])
+def test_race_that_cannot_eliminate_equals_the_baseline(variance, n_timesteps):
     for seed in range(4):
-        for n_noises in (1, 2):
-            scorer_a = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
-            scorer_b = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
-            a = classify(race(10, RaceOptions(alpha=0, n_noises=n_noises, order="stratified", variance=variance, max_slots=None)), scorer_a)
-            b = classify(baseline(10, BaselineOptions(n_timesteps=32, n_trials=n_noises)), scorer_b)
-            assert a.ranking == b.ranking
-            assert a.scores == b.scores
-            assert a.n_evals == b.n_evals == 10 * 32 * n_noises
-            assert sorted(scorer_a.triples) == sorted(scorer_b.triples)
+        scorer_a = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
+        scorer_b = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=seed)
+        a = classify(race(10, RaceOptions(alpha=0, n_timesteps=n_timesteps, order="stratified", variance=variance)), scorer_a)
+        b = classify(baseline(10, BaselineOptions(n_timesteps=n_timesteps)), scorer_b)
+        assert a.ranking == b.ranking
+        assert a.scores == b.scores
+        assert a.n_evals == b.n_evals == 10 * n_timesteps
+        assert sorted(scorer_a.triples) == sorted(scorer_b.triples)
 
 
 def test_race_that_runs_to_the_end_decides_as_the_baseline_among_survivors():
@@ -80,7 +79,7 @@ def test_race_that_runs_to_the_end_decides_as_the_baseline_among_survivors():
     # pick exactly the baseline's winner
     base = [1.0, 0.0, 0.001, 1.0, 1.0]
     for seed in range(5):
-        a = classify(race(5, RaceOptions(alpha=0.001, max_slots=None)), Recorder(base, jitter=0.3, seed=seed))
+        a = classify(race(5, RaceOptions(alpha=0.001)), Recorder(base, jitter=0.3, seed=seed))
         b = classify(baseline(5, BaselineOptions()), Recorder(base, jitter=0.3, seed=seed))
         assert a.prediction == b.prediction
         assert a.n_evals < b.n_evals
@@ -132,16 +131,12 @@ def test_ttest_draws_and_p_values():
         (RaceOptions(alpha=0.7), "race.alpha"),
         (RaceOptions(min_slots=1), "race.min_slots"),
         (RaceOptions(order="random"), "race.order"),
-        (RaceOptions(screen=0), "race.screen"),
-        (RaceOptions(screen=1.5), "race.screen"),
+        (RaceOptions(order="ascending"), "race.order 'ascending' was removed"),  # a value never measured for the race
         (RaceOptions(variance="shared"), "race.variance"),
         (RaceOptions(correction="sidak"), "race.correction"),
-        (RaceOptions(max_slots=33), "race.max_slots"),
         (RaceOptions(beam_factor=0.5), "race.beam_factor"),
         (RaceOptions(beam_factor=float("inf")), "race.beam_factor"),
         (RaceOptions(min_beam=0), "race.min_beam"),
-        (RaceOptions(beam_factor=1.5, screen=0.5), "race.beam_factor"),  # two rank cuts of the first slot
-        (RaceOptions(n_timesteps=8, max_slots=16), "race.max_slots"),  # a population larger than the grid
         (TTestOptions(p=-1), "ttest.p"),
         (TTestOptions(min_samples=10, max_samples=5), "ttest.max_samples"),
         (TTestOptions(weight_rate=float("nan")), "ttest.weight_rate"),
@@ -154,46 +149,66 @@ def test_bad_options_name_the_key(options, key):
         options.validate(1000)
 
 
-def test_race_capped_without_elimination_is_the_baseline_on_an_evenly_spaced_sub_grid():
-    grid = li_timesteps(1000, 32)
-    for k in (1, 2, 8):
-        scorer = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=k)
-        result = classify(race(10, RaceOptions(alpha=0, max_slots=k, order="stratified")), scorer)
-        visited = sorted({t for _, t, _ in scorer.triples})
-        assert visited == [grid[i] for i in sorted(visit_order(32, "stratified")[:k])]
-        assert result.n_evals == 10 * k and result.stop_reason == "budget"
-        means = [sum(scorer.base[c] + 0.5 * noisy_of(scorer, c, t) for t in visited) / k for c in range(10)]
-        assert result.prediction == min(range(10), key=lambda c: (means[c], c))
-
-
 def noisy_of(scorer, c, t):
     from test_samplers import noisy
 
     return noisy(c, t, 0, scorer.seed)
 
 
-def test_screened_race_keeps_a_clear_winner_and_cuts_the_first_slot_to_the_best_classes():
-    for seed in range(4):
-        for true in (0, 13, 25):
-            scorer = Recorder(planted(26, true, gap=1.0), jitter=0.05, seed=seed)
-            result = classify(race(26, RaceOptions(screen=0.3)), scorer)
-            assert result.prediction == true
-            first = scorer.calls[0]
-            assert len(first) == 26 and len({t for _, t, _ in first}) == 1  # one slot, every class
-            raced = {c for call in scorer.calls[1:] for c, _, _ in call}
-            assert len(raced) <= 8 and true in raced  # ceil(0.3 * 26) = 8 classes race on
-            # the screened-out classes rank below the racers, in their first-slot order
-            out = [c for c in result.ranking if c not in raced]
-            errors = {c: e for (c, _, _), e in zip(first, [scorer.base[c] + 0.05 * noisy_of(scorer, c, first[0][1]) for c, _, _ in first])}
-            assert out == sorted(out, key=lambda c: (errors[c], c))
-            assert list(result.ranking[: len(raced)]) == [c for c in result.ranking if c in raced]
+def test_race_over_a_prefix_of_the_stratified_order_without_elimination_is_the_baseline_on_a_sub_grid():
+    grid = li_timesteps(1000, 32)
+    options = RaceOptions(alpha=0, order="stratified")
+    for k in (1, 2, 8):
+        scorer = Recorder(planted(10, 4, gap=0.05), jitter=0.5, seed=k)
+        result = classify(race_over(10, options, population(options)[:k]), scorer)
+        visited = sorted({t for _, t, _ in scorer.triples})
+        assert visited == [grid[i] for i in sorted(visit_order(32, "stratified")[:k])]
+        assert result.n_evals == 10 * k and result.stop_reason == "schedule"
+        means = [sum(scorer.base[c] + 0.5 * noisy_of(scorer, c, t) for t in visited) / k for c in range(10)]
+        assert result.prediction == min(range(10), key=lambda c: (means[c], c))
 
 
-def test_screen_of_one_is_the_plain_race():
-    for seed in range(3):
-        a = classify(race(10, RaceOptions(screen=1.0)), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
-        b = classify(race(10, RaceOptions()), Recorder(planted(10, 2, gap=0.05), jitter=0.5, seed=seed))
-        assert a == b
+@pytest.mark.parametrize("variance", ["per-class", "pooled"])
+def test_race_over_a_population_decides_as_the_baseline_on_it(variance):
+    # the population is the middle k slots of the grid. A near tie between classes 1 and 2 runs to
+    # its end, where the race must pick the baseline's winner on exactly those k timesteps (the
+    # finite-population bound counts k slots, so it reaches 0)
+    grid = li_timesteps(1000, 32)
+    base = [1.0, 0.0, 0.002, 1.0, 1.0, 1.0]
+    options = RaceOptions(alpha=0.001, variance=variance)
+    ran_out = 0
+    for k in (8, 16):
+        middle = sorted(grid[i] for i in visit_order(32, "center-out")[:k])
+        for seed in range(4):
+            scorer = Recorder(base, jitter=0.3, seed=seed)
+            result = classify(race_over(6, options, population(options)[:k]), scorer)
+            visited = sorted({t for _, t, _ in scorer.triples})
+            assert set(visited) <= set(middle)
+            survivors = [c for c in range(6) if len(scorer.pairs_of(c)) == len(visited)]
+            if result.n_rounds == k:  # it ran to the end of the population
+                ran_out += 1
+                assert visited == middle
+                means = {c: sum(base[c] + 0.3 * noisy_of(scorer, c, t) for t in middle) / k for c in survivors}
+                assert result.prediction == min(means, key=lambda c: (means[c], c))
+            assert result.prediction in (1, 2)
+            assert result.n_evals < 6 * k
+    assert ran_out  # the near tie did reach the end of the population
+
+
+def test_a_removed_option_is_refused_naming_it_its_former_default_and_the_fix():
+    # race.n_noises, race.max_slots and race.screen went (RaceOptions.REMOVED); a config that sets one
+    # must say so, not just call it unknown
+    assert set(RaceOptions.REMOVED) == {"n_noises", "max_slots", "screen"}
+    assert not set(RaceOptions.REMOVED) & set(RaceOptions.__dataclass_fields__)
+    assert {k: r.default for k, r in RaceOptions.REMOVED.items()} == {"n_noises": 1, "max_slots": None, "screen": 1.0}
+    err = RaceOptions.removed_option_error("screen", "my.yaml")
+    assert str(err).startswith("my.yaml: race.screen was removed: race now always runs as it did at race.screen: 1.0")
+    assert "Delete race.screen" in str(err) and "race.beam_factor" in str(err)
+    assert "race.max_slots: null" in str(RaceOptions.removed_option_error("max_slots"))
+    assert RaceOptions.removed_option_error("alpha") is None  # an option it has
+    assert RaceOptions.removed_option_error("sreen") is None  # an ordinary unknown key
+    with pytest.raises(TypeError):
+        RaceOptions(screen=0.5)
 
 
 @pytest.mark.parametrize("beam_factor, min_beam", [(1.25, 2), (2.0, 1), (1.1, 3)])
@@ -221,7 +236,9 @@ def test_beamed_race_cuts_by_rank_from_the_first_slot_and_the_bounds_cut_further
         assert result.prediction == 9
         assert [len(call) for call in scorer.calls[:3]] == [26, 17, 11]  # floor(26 / 1.5), floor(17 / 1.5)
         spent.append(result.n_evals)
-        beam_only.append(classify(hierarchical(26, HierarchicalOptions(beam_factor=1.5, min_beam=2)), Recorder(planted(26, 9, gap=1.0), jitter=0.05, seed=seed)).n_evals)
+        beam_only.append(
+            classify(hierarchical(26, HierarchicalOptions(beam_factor=1.5, min_beam=2)), Recorder(planted(26, 9, gap=1.0), jitter=0.05, seed=seed)).n_evals
+        )
     # an easy image: the bounds end the race where the beam alone keeps two classes to the end
     assert max(spent) < min(beam_only), (spent, beam_only)
 
@@ -248,36 +265,13 @@ def test_pooled_variance_decides_after_fewer_slots_than_per_class_variances():
     assert sum(n - 20 for n in pooled) < 0.5 * sum(n - 20 for n in per_class), (pooled, per_class)
 
 
-@pytest.mark.parametrize("variance", ["per-class", "pooled"])
-def test_capped_race_decides_as_the_baseline_on_its_population(variance):
-    # max_slots: the population is the first k slots (center-out: the middle of the grid). A near
-    # tie between classes 1 and 2 runs to the cap, where the race must pick the baseline's winner
-    # on exactly those k timesteps (the finite-population bound counts k slots, so it reaches 0)
-    grid = li_timesteps(1000, 32)
-    base = [1.0, 0.0, 0.002, 1.0, 1.0, 1.0]
-    for k in (8, 16):
-        middle = sorted(grid[i] for i in visit_order(32, "center-out")[:k])
-        for seed in range(4):
-            scorer = Recorder(base, jitter=0.3, seed=seed)
-            result = classify(race(6, RaceOptions(alpha=0.001, max_slots=k, variance=variance)), scorer)
-            visited = sorted({t for _, t, _ in scorer.triples})
-            assert set(visited) <= set(middle)
-            survivors = [c for c in range(6) if len(scorer.pairs_of(c)) == len(visited)]
-            if result.stop_reason == "budget":
-                assert visited == middle
-                means = {c: sum(base[c] + 0.3 * noisy_of(scorer, c, t) for t in middle) / k for c in survivors}
-                assert result.prediction == min(means, key=lambda c: (means[c], c))
-            assert result.prediction in (1, 2)
-            assert result.n_evals < 6 * k
-
-
 @pytest.mark.parametrize("pooled", [False, True])
 def test_corrections_eliminate_nested_sets(pooled):
     # at one slot, on the same errors: Bonferroni's eliminations are among Holm's, Holm's among
     # the uncorrected test's; with two survivors (one comparison) all three agree
     rng = random.Random(0)
     strict = 0
-    for trial in range(300):
+    for _trial in range(300):
         k, n = rng.choice((2, 3, 6, 26)), rng.choice((2, 3, 5, 9))
         evals = Evaluations()
         base = [rng.uniform(0, 0.3) for _ in range(k)]

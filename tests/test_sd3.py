@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CLASSNAMES, harness_eval, random_images
 from torch import nn
 
-from conftest import CLASSNAMES, harness_eval, random_images
 from diffcls_plugin.adapters import family_of, load_adapter
 from diffcls_plugin.adapters.sd3 import StableDiffusion3Adapter
+from diffcls_plugin.classifier import DiffusionClassifier
 from diffcls_plugin.config import load_config
-from diffcls_plugin.model import DiffusionClassifier
 from diffcls_plugin.samplers import li_timesteps
 from diffcls_plugin.zoo import resolve_checkpoint
 
@@ -43,8 +43,12 @@ def test_folder_family_prompts_and_the_flow_matching_forward_process(tiny_sd3):
     noise, t = torch.randn_like(latents), torch.tensor([100, 700])
     got = adapter.errors(latents, noise, t, embeds.repeat(2, 1, 1))
     sig = adapter.sigma(t).view(-1, 1, 1, 1)
-    pred = adapter.transformer(hidden_states=(1 - sig) * latents + sig * noise, encoder_hidden_states=hidden.repeat(2, 1, 1),
-                               pooled_projections=pooled.repeat(2, 1), timestep=sig.view(-1) * 1000).sample
+    pred = adapter.transformer(
+        hidden_states=(1 - sig) * latents + sig * noise,
+        encoder_hidden_states=hidden.repeat(2, 1, 1),
+        pooled_projections=pooled.repeat(2, 1),
+        timestep=sig.view(-1) * 1000,
+    ).sample
     assert torch.allclose(got, ((pred - (noise - latents)) ** 2).flatten(1).mean(1), rtol=1e-5)
 
 

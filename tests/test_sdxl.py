@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CLASSNAMES, harness_eval, random_images
 from torch import nn
 
-from conftest import CLASSNAMES, harness_eval, random_images
 from diffcls_plugin.adapters import family_of, load_adapter
 from diffcls_plugin.adapters.sdxl import StableDiffusionXLAdapter
+from diffcls_plugin.classifier import DiffusionClassifier
 from diffcls_plugin.config import load_config
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.model import DiffusionClassifier
 from diffcls_plugin.zoo import resolve_checkpoint
 
 

@@ -8,13 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CLASSNAMES, TEMPLATES, random_images
 from torch import nn
 
-from conftest import CLASSNAMES, TEMPLATES, random_images
 from diffcls_plugin.adapters.stable_diffusion import StableDiffusionAdapter, load_stable_diffusion
+from diffcls_plugin.classifier import DiffusionClassifier, load_classifier
 from diffcls_plugin.config import DiffclsConfig, load_config
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.model import DiffusionClassifier, load_classifier, make_noise
+from diffcls_plugin.scoring import make_noise
 from diffcls_plugin.zoo import Checkpoint, resolve_checkpoint
 
 
@@ -54,7 +55,7 @@ def test_scores_equal_the_written_out_formula(request, fixture, kind):
     x = pixels(model, random_images(1, seed=4))
     (result,) = model.classify(x)
     assert result.n_evals == 3 * 3 * 2
-    from diffcls_plugin.model import image_seed
+    from diffcls_plugin.scoring import image_seed
 
     seed = image_seed(5, x[0])
     latents = model.adapter.encode_images(x)
@@ -230,9 +231,7 @@ def test_checkpoint_resolution_errors(tmp_path):
         resolve_checkpoint(str(tmp_path / "half"))
     with pytest.raises(DiffclsError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "nowhere"))
-    assert resolve_checkpoint("sd2-base") == Checkpoint(
-        "sd2-base", "stabilityai/stable-diffusion-2-base", "main", False, "epsilon"
-    )
+    assert resolve_checkpoint("sd2-base") == Checkpoint("sd2-base", "stabilityai/stable-diffusion-2-base", "main", False, "epsilon")
     assert resolve_checkpoint("sd2.1").prediction_type == "v_prediction"
     hub = resolve_checkpoint("someone/some-model")
     assert hub.source == "someone/some-model" and not hub.is_local

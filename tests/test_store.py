@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import CLASSNAMES, TEMPLATES, random_images
+
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import DiffclsConfig
-from diffcls_plugin.model import load_classifier
 from diffcls_plugin.samplers import BaselineOptions, HierarchicalOptions, SamplerResult
 from diffcls_plugin.store import FILENAME, Outcome, OutcomeStore, committed, image_key, resume_enabled
 
@@ -31,7 +31,13 @@ def same(a: Outcome, b: Outcome) -> bool:
     ra, rb = a.result, b.result
     scores = all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(ra.scores, rb.scores))
     return (ra.ranking, ra.n_evals, ra.n_rounds, ra.stop_reason, a.n_unet_evals, a.seconds) == (
-        rb.ranking, rb.n_evals, rb.n_rounds, rb.stop_reason, b.n_unet_evals, b.seconds) and scores
+        rb.ranking,
+        rb.n_evals,
+        rb.n_rounds,
+        rb.stop_reason,
+        b.n_unet_evals,
+        b.seconds,
+    ) and scores
 
 
 def test_outcomes_round_trip_exactly_and_the_first_writer_wins(tmp_path):
@@ -98,15 +104,15 @@ def test_the_model_reuses_finished_images_and_reports_their_original_cost(tmp_pa
 
     first, pixels = fresh()
     reference = first.classify(pixels[:3])  # three images finish and are committed
-    assert store.count(first.run_key) == 3 and first.n_unet_evals_computed == 3 * 6 * 6
+    assert store.count(first.run_key) == 3 and first.stats.n_unet_evals_computed == 3 * 6 * 6
     second, _ = fresh()
     assert second.run_key == first.run_key
     results = second.classify(pixels)  # three from the store, two computed
     assert [r.ranking for r in results[:3]] == [r.ranking for r in reference]
-    assert second.n_images_computed == 2 and second.n_unet_evals_computed == 2 * 6 * 6
+    assert second.stats.n_images_computed == 2 and second.stats.n_unet_evals_computed == 2 * 6 * 6
     block = second.result_block()
     assert block["n_images"] == 5 and block["unet_evals_per_image"] == 6 * 6  # the cost of the result
-    assert block["computed"] == {"n_images": 2, "n_images_from_store": 3, "unet_evals": 72, "seconds": second.seconds_computed}
+    assert block["computed"] == {"n_images": 2, "n_images_from_store": 3, "unet_evals": 72, "seconds": second.stats.seconds_computed}
     assert block["store"]["run_key"] == second.run_key
     # the uninterrupted computation gives the same rankings
     alone = load_classifier("diffusion-baseline", str(tiny_sd), config=config, seed=0, progress=False, store=False)
@@ -120,13 +126,16 @@ def test_the_model_reuses_finished_images_and_reports_their_original_cost(tmp_pa
     other.prepare(CLASSNAMES, ["a picture of a {c}."])
     assert other.run_key != first.run_key
     # ... and what does not, does not
-    assert fresh(DiffclsConfig(baseline=BaselineOptions(n_timesteps=6), unet_batch_size=3, hierarchical=HierarchicalOptions(beam_factor=3)))[0].run_key == first.run_key
+    assert (
+        fresh(DiffclsConfig(baseline=BaselineOptions(n_timesteps=6), unet_batch_size=3, hierarchical=HierarchicalOptions(beam_factor=3)))[0].run_key
+        == first.run_key
+    )
 
 
 def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path, tiny_sd):
     """The real `clip_benchmark eval` killed with SIGKILL mid-run, then rerun unchanged: only the
     missing images are computed and the metrics equal an uninterrupted run's."""
-    from diffcls_plugin.datasets import write_wds_classification
+    from diffcls_plugin.data.wds_writer import write_wds_classification
 
     images = random_images(12, seed=5)
     labels = [i % len(CLASSNAMES) for i in range(12)]
@@ -135,15 +144,32 @@ def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path
     config.write_text("baseline:\n  n_timesteps: 100\n")  # 600 UNet evaluations per image
 
     def command(out: str) -> list[str]:
-        return ["clip_benchmark", "eval", "--model", "diffusion-baseline", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny",
-                "--dataset_root", str(root), "--batch_size", "1", "--num_workers", "0", "--seed", "3", "--output", out]
+        return [
+            "clip_benchmark",
+            "eval",
+            "--model",
+            "diffusion-baseline",
+            "--pretrained",
+            str(tiny_sd),
+            "--dataset",
+            "wds/tiny",
+            "--dataset_root",
+            str(root),
+            "--batch_size",
+            "1",
+            "--num_workers",
+            "0",
+            "--seed",
+            "3",
+            "--output",
+            out,
+        ]
 
     def env(cache: Path) -> dict[str, str]:
         return dict(os.environ, DIFFCLS_CONFIG=str(config), DIFFCLS_CACHE=str(cache), DIFFCLS_RESUME="1")
 
     cache = tmp_path / "cache"
-    killed = subprocess.Popen(command(str(tmp_path / "killed.json")), cwd=tmp_path, env=env(cache),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(command(str(tmp_path / "killed.json")), cwd=tmp_path, env=env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while committed(cache / FILENAME) < 4 and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from diffcls_plugin.data.subset import SubsetSpec, fingerprint, select
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.subset import SubsetSpec, fingerprint, select
 
 LABELS = [i % 7 for i in range(70)] + [0] * 30 + [6] * 3  # unbalanced: class 0 big, class 6 has 13
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from diffcls_plugin.benchmark import load_benchmark, run_benchmark
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import load_config
-from diffcls_plugin.digits import CLASSNAMES, TEMPLATES, ensure_digits_wds, load_split, split_indices
-from diffcls_plugin.model import load_classifier
+from diffcls_plugin.data.digits import CLASSNAMES, TEMPLATES, ensure_digits_wds, load_split, split_indices
+from diffcls_plugin.data.subset import SubsetSpec, select
 from diffcls_plugin.samplers import SAMPLERS, run_samplers
-from diffcls_plugin.subset import SubsetSpec, select
+from diffcls_plugin.workflows.benchmark import load_benchmark, run_benchmark
 from diffcls_plugin.zoo import resolve_checkpoint
 
 PER_CLASS = 4  # 40 held-out images: small enough for CI
@@ -73,7 +73,10 @@ def test_harness_results_of_the_three_samplers_match_the_sampler_functions(tmp_p
     table, model = error_table
     config_path = tmp_path / "smoke.yaml"
     data = {
-        "name": "smoke", "output": str(tmp_path / "results"), "batch_size": 16, "num_workers": 2,
+        "name": "smoke",
+        "output": str(tmp_path / "results"),
+        "batch_size": 16,
+        "num_workers": 2,
         "subset": {"per_class": PER_CLASS, "seed": 0},
         "models": [
             {"name": "diffusion-baseline", "pretrained": "tiny-digits"},
@@ -90,8 +93,10 @@ def test_harness_results_of_the_three_samplers_match_the_sampler_functions(tmp_p
         dump = json.loads(path.read_text())
         block = dump["diffcls"]
         assert block["n_images"] == len(images) and block["subset"]["per_class"] == PER_CLASS
-        options = load_config(None, []).sampler_options(SAMPLERS.get(block["sampler"]).name).__class__(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in block["config"]["sampler"].items()}
+        options = (
+            load_config(None, [])
+            .sampler_options(SAMPLERS.get(block["sampler"]).name)
+            .__class__(**{k: tuple(v) if isinstance(v, list) else v for k, v in block["config"]["sampler"].items()})
         )
         lookup = lambda i, c, t, n: [table[k] for k in zip(i, c, t, n)]  # noqa: E731
         results = run_samplers([SAMPLERS.get(block["sampler"]).fn(10, options, 1000) for _ in images], lookup)

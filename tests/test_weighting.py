@@ -8,14 +8,14 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import harness_eval
+
+from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.cli import main as cli
 from diffcls_plugin.config import DiffclsConfig, load_config
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.model import load_classifier
 from diffcls_plugin.samplers import BaselineOptions
-from diffcls_plugin.weighting import TimestepWeights, accuracy, fit_weights, load_weights
+from diffcls_plugin.weighting import TimestepWeights, accuracy, fit_weights, load_weights, weights_for
 
 
 def synthetic(n: int, n_classes: int = 5, n_t: int = 8, informative: int = 5, seed: int = 0):
@@ -58,12 +58,20 @@ def test_weights_files_round_trip_and_bad_files_are_named(tmp_path):
         load_weights(tmp_path / "broken.json")
 
 
-def test_config_refuses_a_missing_weights_file_before_any_work(tmp_path):
+def test_a_missing_or_mismatched_weights_file_is_refused_before_any_weights_load(tmp_path, monkeypatch):
+    missing = tmp_path / "nope.json"
+    config = load_config(None, [f"timestep_weights={missing}"])  # a config names the file; it reads no files itself
     with pytest.raises(DiffclsError, match="timestep_weights: the file .* does not exist"):
-        load_config(None, [f"timestep_weights={tmp_path / 'nope.json'}"])
+        weights_for(config.timestep_weights, 1000)
+    loaded = []
+    monkeypatch.setattr("diffcls_plugin.adapters.load_adapter", lambda *a, **k: loaded.append(1))
+    with pytest.raises(DiffclsError, match="timestep_weights: the file .* does not exist"):
+        load_classifier("diffusion-baseline", "tiny-digits", config=config)
+    assert not loaded  # refused before the model's weights load
     path = TimestepWeights((0, 100), (1.0, 1.0), num_train_timesteps=500).save(tmp_path / "short.json")
     with pytest.raises(DiffclsError, match="500-step schedule, this model has 1000"):
-        load_config(None, [f"timestep_weights={path}"])
+        weights_for(str(path), 1000)
+    assert weights_for(None, 1000) is None and weights_for("cosmap", 1000) is None  # schemes come from the adapter
 
 
 def test_fit_finds_the_informative_timestep_and_it_carries_to_new_images():
@@ -98,7 +106,7 @@ def test_fit_checks_its_input():
 
 
 def test_the_scorer_multiplies_each_error_by_its_timesteps_weight(tmp_path):
-    from diffcls_plugin.digits import CLASSNAMES, TEMPLATES, load_split
+    from diffcls_plugin.data.digits import CLASSNAMES, TEMPLATES, load_split
 
     path = TimestepWeights.normalised([100, 900], [1.0, 3.0]).save(tmp_path / "w.json")
     weights = load_weights(path)
@@ -121,10 +129,27 @@ def test_the_scorer_multiplies_each_error_by_its_timesteps_weight(tmp_path):
 def test_fit_weights_cli_then_a_harness_run_records_the_weights(tmp_path):
     env = {**os.environ, "DIFFCLS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "DIFFCLS_RESUME": "0"}
     out = tmp_path / "weights.json"
-    result = CliRunner().invoke(cli, [
-        "fit-weights", "--pretrained", "tiny-digits", "--dataset", "wds/digits", "--split", "test",
-        "--subset-per-class", "2", "--n-timesteps", "4", "--num-workers", "0", "--out", str(out),
-    ], env=env)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "fit-weights",
+            "--pretrained",
+            "tiny-digits",
+            "--dataset",
+            "wds/digits",
+            "--split",
+            "test",
+            "--subset-per-class",
+            "2",
+            "--n-timesteps",
+            "4",
+            "--num-workers",
+            "0",
+            "--out",
+            str(out),
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
     weights = load_weights(out)
@@ -133,8 +158,18 @@ def test_fit_weights_cli_then_a_harness_run_records_the_weights(tmp_path):
     # a run on the split the weights were fitted on is flagged, and the result names the weights
     (tmp_path / "run.yaml").write_text(f"timestep_weights: {out}\nbaseline: {{n_timesteps: 4}}\n")
     root = env["DIFFCLS_CACHE"] + "/digits"
-    run = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", root, tmp_path / "result.json", "--num_workers", 0,
-                       "--batch_size", 120, env={**env, "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")})
+    run = harness_eval(
+        "diffusion-baseline",
+        "tiny-digits",
+        "wds/digits",
+        root,
+        tmp_path / "result.json",
+        "--num_workers",
+        0,
+        "--batch_size",
+        120,
+        env={**env, "DIFFCLS_CONFIG": str(tmp_path / "run.yaml")},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "were fitted on wds/digits split 'test', the split evaluated here" in run.stderr
     block = json.loads((tmp_path / "result.json").read_text())["diffcls"]

@@ -47,7 +47,7 @@ def tiny_components(prediction_type: str = "epsilon", seed: int = 0, tokenizer_d
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from diffcls_plugin.tokenizer import save_clip_tokenizer
+    from diffcls_plugin.data.tokenizer import save_clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -84,9 +84,7 @@ def save_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0, 
 
     folder = Path(folder)
     components = tiny_components(prediction_type, seed, tokenizer_dir=folder.parent / f"{folder.name}-tokenizer")
-    pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(dtype=dtype)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
@@ -124,8 +122,13 @@ def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(text_config(tokenizer))
     pipe = StableDiffusionXLPipeline(
-        vae=parts["vae"], text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-        unet=unet, scheduler=parts["scheduler"],
+        vae=parts["vae"],
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=parts["scheduler"],
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
@@ -138,14 +141,22 @@ def save_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from diffcls_plugin.tokenizer import save_clip_tokenizer
+    from diffcls_plugin.data.tokenizer import save_clip_tokenizer
 
     folder = Path(folder)
     tokenizer = save_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer", n_merges=1000)
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=32,
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=32,
     )
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModelWithProjection(text_config(tokenizer, projection_dim=16))
@@ -154,8 +165,15 @@ def save_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     vae = tiny_vae(seed + 3, shift_factor=0.0609, scaling_factor=1.5035)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -1,7 +1,7 @@
 """Diffusion-family adapters: the only place model libraries are imported.
 
 An adapter turns pixels into latents, prompts into embeddings, and (latents, noise, timestep,
-prompt) into a per-input error. The classifier (``diffcls_plugin.model``) and the samplers know
+prompt) into a per-input error. The classifier (``diffcls_plugin.classifier``) and the samplers know
 nothing else about the model.
 """
 
@@ -70,9 +70,7 @@ def family_of(checkpoint, cache_dir: str | None = None) -> str:
     if name is None:
         return getattr(checkpoint, "family", None) or "sd"
     if name not in PIPELINE_FAMILIES:
-        raise DiffclsError(
-            f"--pretrained {checkpoint.name!r} is a {name} checkpoint; diffusion classifiers support {SUPPORTED}"
-        )
+        raise DiffclsError(f"--pretrained {checkpoint.name!r} is a {name} checkpoint; diffusion classifiers support {SUPPORTED}")
     return PIPELINE_FAMILIES[name]
 
 
@@ -90,3 +88,27 @@ def load_adapter(checkpoint, **kwargs) -> DiffusionAdapter:
     from diffcls_plugin.adapters.stable_diffusion import load_stable_diffusion
 
     return load_stable_diffusion(checkpoint, **kwargs)
+
+
+def scheme_weights(value: str, adapter):
+    """The weights of a built-in ``timestep_weights`` scheme over every training timestep of
+    ``adapter``: ``uniform`` gives ``None``; ``sigma_sqrt`` and ``cosmap`` are SD3's training loss
+    weightings (Esser et al. 2024) as diffusers' ``compute_loss_weighting_for_sd3`` computes them,
+    for flow-matching adapters only.
+
+    Returns:
+        a :class:`~diffcls_plugin.weighting.TimestepWeights` normalised to mean 1, or ``None``.
+    """
+    from diffcls_plugin.weighting import TimestepWeights, check_scheme_family
+
+    if value == "uniform":
+        return None
+    check_scheme_family(value, getattr(adapter, "family", "sd"))
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    steps = torch.arange(adapter.num_train_timesteps)
+    sigmas = adapter.sigma(steps).double().clamp_min(1e-6)  # sigma_sqrt is 1 / sigma^2
+    weights = compute_loss_weighting_for_sd3(value, sigmas).double()
+    return TimestepWeights.normalised(
+        steps.tolist(), weights.tolist(), adapter.num_train_timesteps, {"scheme": value, "source": "diffusers.training_utils.compute_loss_weighting_for_sd3"}
+    )

@@ -35,8 +35,22 @@ class StableDiffusion3Adapter:
     family = "sd3"
     prediction_type = "flow"
 
-    def __init__(self, transformer, vae, text_encoder, text_encoder_2, text_encoder_3, tokenizer, tokenizer_2, tokenizer_3,
-                 scheduler, device="cpu", dtype=torch.float32, compile=False, max_sequence_length: int = 256) -> None:
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        text_encoder_3,
+        tokenizer,
+        tokenizer_2,
+        tokenizer_3,
+        scheduler,
+        device="cpu",
+        dtype=torch.float32,
+        compile=False,
+        max_sequence_length: int = 256,
+    ) -> None:
         from diffusers import StableDiffusion3Pipeline
 
         self.device = torch.device(device)
@@ -50,8 +64,15 @@ class StableDiffusion3Adapter:
         self.scheduler = scheduler
         # the pipeline object only encodes prompts here (its encode_prompt is the reference)
         self._pipe = StableDiffusion3Pipeline(
-            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=encoders[0], tokenizer=tokenizer,
-            text_encoder_2=encoders[1], tokenizer_2=tokenizer_2, text_encoder_3=encoders[2], tokenizer_3=tokenizer_3,
+            transformer=transformer,
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=encoders[0],
+            tokenizer=tokenizer,
+            text_encoder_2=encoders[1],
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=encoders[2],
+            tokenizer_3=tokenizer_3,
         )
         self.max_sequence_length = max_sequence_length
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
@@ -79,7 +100,11 @@ class StableDiffusion3Adapter:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             embeds, _, pooled, _ = self._pipe.encode_prompt(
-                prompt=chunk, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+                prompt=chunk,
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                do_classifier_free_guidance=False,
                 max_sequence_length=self.max_sequence_length,
             )
             if pooled.shape[-1] > embeds.shape[-1]:
@@ -108,8 +133,9 @@ class StableDiffusion3Adapter:
         noisy = ((1 - sigma) * latents + sigma * noise).to(self.dtype)
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         hidden, pooled = prompt_embeds[:, :-1], prompt_embeds[:, -1, : self.pooled_dim]
-        pred = self.transformer(hidden_states=noisy, encoder_hidden_states=hidden, pooled_projections=pooled,
-                                timestep=(sigma.view(-1) * self.num_train_timesteps).to(self.dtype)).sample
+        pred = self.transformer(
+            hidden_states=noisy, encoder_hidden_states=hidden, pooled_projections=pooled, timestep=(sigma.view(-1) * self.num_train_timesteps).to(self.dtype)
+        ).sample
         return error(pred.float(), (noise - latents).float(), loss)
 
 
@@ -136,8 +162,7 @@ def load_sd3(checkpoint, *, device="cpu", dtype="auto", allow_pickle=False, cach
         t5 = T5EncoderModel.from_pretrained(checkpoint.source, subfolder="text_encoder_3", **big) if has_t5 else None
         t5_tokenizer = T5TokenizerFast.from_pretrained(checkpoint.source, subfolder="tokenizer_3", **common) if has_t5 else None
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(checkpoint.source, subfolder="scheduler", **common)
-    except (OSError, EnvironmentError, ValueError) as err:
+    except (OSError, ValueError) as err:
         where = "folder" if checkpoint.is_local else "hub id"
         raise DiffclsError(f"could not load SD3 {where} {checkpoint.source!r}: {err}; check the folder or download it first") from err
-    return StableDiffusion3Adapter(transformer, vae, *encoders, t5, *tokenizers, t5_tokenizer, scheduler, device=device,
-                                   dtype=torch_dtype, compile=compile)
+    return StableDiffusion3Adapter(transformer, vae, *encoders, t5, *tokenizers, t5_tokenizer, scheduler, device=device, dtype=torch_dtype, compile=compile)

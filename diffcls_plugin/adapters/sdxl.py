@@ -34,8 +34,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
 
     family = "sdxl"
 
-    def __init__(self, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler,
-                 device="cpu", dtype=torch.float32, compile=False) -> None:
+    def __init__(self, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler, device="cpu", dtype=torch.float32, compile=False) -> None:
         super().__init__(unet, vae, text_encoder, tokenizer, scheduler, device=device, dtype=dtype, compile=compile)
         self.text_encoder_2 = _to(text_encoder_2, self.device, dtype)
         self.tokenizer_2 = tokenizer_2
@@ -47,8 +46,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
         pooled embedding as a last row (zero-padded)."""
         hidden, pooled = [], []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
             states, pools = [], []
             for chunk in torch.split(ids, batch_size):
                 out = encoder(chunk.to(self.device), output_hidden_states=True)
@@ -82,9 +80,23 @@ def load_sdxl(checkpoint, *, device="cpu", dtype="auto", allow_pickle=False, cac
 
     from diffcls_plugin.adapters.stable_diffusion import load_components
 
-    parts = load_components(checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle, cache_dir=cache_dir,
-                            extra={"text_encoder_2": CLIPTextModelWithProjection, "tokenizer_2": CLIPTokenizer})
+    parts = load_components(
+        checkpoint,
+        device=device,
+        dtype=dtype,
+        allow_pickle=allow_pickle,
+        cache_dir=cache_dir,
+        extra={"text_encoder_2": CLIPTextModelWithProjection, "tokenizer_2": CLIPTokenizer},
+    )
     return StableDiffusionXLAdapter(
-        parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"], parts["tokenizer_2"],
-        parts["scheduler"], device=device, dtype=parts["torch_dtype"], compile=compile,
+        parts["unet"],
+        parts["vae"],
+        parts["text_encoder"],
+        parts["text_encoder_2"],
+        parts["tokenizer"],
+        parts["tokenizer_2"],
+        parts["scheduler"],
+        device=device,
+        dtype=parts["torch_dtype"],
+        compile=compile,
     )

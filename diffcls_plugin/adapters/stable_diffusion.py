@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
+from diffcls_plugin.data.images import to_rgb
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.images import to_rgb
 from diffcls_plugin.zoo import Checkpoint, check_safetensors
 
 logger = logging.getLogger(__name__)
@@ -82,19 +82,14 @@ class StableDiffusionAdapter:
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
-            raise DiffclsError(
-                f"scheduler prediction_type {self.prediction_type!r} is not supported; "
-                f"supported: {', '.join(PREDICTION_TYPES)}"
-            )
+            raise DiffclsError(f"scheduler prediction_type {self.prediction_type!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.native_image_size = int(unet.config.sample_size) * self.vae_scale_factor
         self.scaling_factor = float(vae.config.scaling_factor)
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size % self.vae_scale_factor:
-            raise DiffclsError(
-                f"image_size {image_size} must be a multiple of the VAE's downscale factor {self.vae_scale_factor}"
-            )
+            raise DiffclsError(f"image_size {image_size} must be a multiple of the VAE's downscale factor {self.vae_scale_factor}")
         side = image_size // self.vae_scale_factor
         return (int(self.unet.config.in_channels), side, side)
 
@@ -182,8 +177,9 @@ def error(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     return per.flatten(1).mean(dim=1)
 
 
-def load_components(checkpoint: Checkpoint, *, device="cpu", dtype: str = "auto", allow_pickle: bool = False,
-                    cache_dir: str | None = None, extra: dict | None = None) -> dict:
+def load_components(
+    checkpoint: Checkpoint, *, device="cpu", dtype: str = "auto", allow_pickle: bool = False, cache_dir: str | None = None, extra: dict | None = None
+) -> dict:
     """Load a Stable Diffusion-family checkpoint's UNet, VAE, text encoder, tokenizer and noise
     schedule, plus the ``extra`` components (subfolder name -> transformers class), with clear
     errors; ``torch_dtype`` is the compute precision."""
@@ -198,9 +194,7 @@ def load_components(checkpoint: Checkpoint, *, device="cpu", dtype: str = "auto"
     common = dict(revision=checkpoint.revision, cache_dir=cache_dir)
     weights = dict(common, use_safetensors=None if allow_pickle else True)
     # diffusers casts while loading; accelerate (optional) makes loading big checkpoints lighter
-    diffusers_weights = dict(
-        weights, torch_dtype=torch_dtype, low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None
-    )
+    diffusers_weights = dict(weights, torch_dtype=torch_dtype, low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
     try:
         parts = {
             "unet": UNet2DConditionModel.from_pretrained(checkpoint.source, subfolder="unet", **diffusers_weights),
@@ -211,13 +205,12 @@ def load_components(checkpoint: Checkpoint, *, device="cpu", dtype: str = "auto"
         }
         for name, cls in (extra or {}).items():
             parts[name] = cls.from_pretrained(checkpoint.source, subfolder=name, **(common if "tokenizer" in name else weights))
-    except (OSError, EnvironmentError, ValueError) as err:
+    except (OSError, ValueError) as err:
         where = "folder" if checkpoint.is_local else "hub id"
         fix = (
             "check the folder's safetensors files"
             if checkpoint.is_local
-            else "download it first (huggingface-cli download ID) or pass a local folder; "
-            "offline runs need the weights in the hub cache"
+            else "download it first (huggingface-cli download ID) or pass a local folder; offline runs need the weights in the hub cache"
         )
         raise DiffclsError(f"could not load Stable Diffusion {where} {checkpoint.source!r}: {err}; {fix}") from err
     parts["torch_dtype"] = torch_dtype
@@ -240,6 +233,12 @@ def load_stable_diffusion(
     """
     parts = load_components(checkpoint, device=device, dtype=dtype, allow_pickle=allow_pickle, cache_dir=cache_dir)
     return StableDiffusionAdapter(
-        parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
-        device=device, dtype=parts["torch_dtype"], compile=compile,
+        parts["unet"],
+        parts["vae"],
+        parts["text_encoder"],
+        parts["tokenizer"],
+        parts["scheduler"],
+        device=device,
+        dtype=parts["torch_dtype"],
+        compile=compile,
     )

@@ -25,7 +25,6 @@ from diffcls_plugin.samplers.options import SamplerOptions
 from diffcls_plugin.samplers.race import RaceOptions, race
 from diffcls_plugin.samplers.ttest import TTestOptions, ttest
 
-
 MODEL_PREFIX = "diffusion-"  # the harness routes model names with this prefix to the plugin
 
 
@@ -96,23 +95,25 @@ def unregister_sampler(name: str) -> SamplerSpec:
     return spec
 
 
-def spec_for_model(model_name: str) -> SamplerSpec:
-    """The sampler of a harness model name; an unknown name raises a "did you mean" error."""
-    return SAMPLERS_BY_MODEL.get(model_name)
-
-
 # The one registration list: a new sampler is its own module plus one entry here.
 for _spec in (
-    SamplerSpec("baseline", BaselineOptions, baseline, model_name="diffusion-baseline",
-                summary="Li et al.: every class at the same evenly spaced timesteps"),
-    SamplerSpec("adaptive", AdaptiveOptions, adaptive, model_name="diffusion-adaptive",
-                summary="Li et al.: multi-stage elimination, fewer classes per stage"),
-    SamplerSpec("hierarchical", HierarchicalOptions, hierarchical, model_name="diffusion-hier",
-                summary="Algorithm 1: a beam of classes that shrinks as timesteps are visited"),
-    SamplerSpec("ttest", TTestOptions, ttest, model_name="diffusion-ttest",
-                summary="Clark & Jaini: drop classes a paired t-test puts behind the leader"),
-    SamplerSpec("race", RaceOptions, race, model_name="diffusion-race",
-                summary="a race: drop classes confidently behind the leader on the full grid; spends by difficulty"),
+    SamplerSpec("baseline", BaselineOptions, baseline, model_name="diffusion-baseline", summary="Li et al.: every class at the same evenly spaced timesteps"),
+    SamplerSpec("adaptive", AdaptiveOptions, adaptive, model_name="diffusion-adaptive", summary="Li et al.: multi-stage elimination, fewer classes per stage"),
+    SamplerSpec(
+        "hierarchical",
+        HierarchicalOptions,
+        hierarchical,
+        model_name="diffusion-hier",
+        summary="Algorithm 1: a beam of classes that shrinks as timesteps are visited",
+    ),
+    SamplerSpec("ttest", TTestOptions, ttest, model_name="diffusion-ttest", summary="Clark & Jaini: drop classes a paired t-test puts behind the leader"),
+    SamplerSpec(
+        "race",
+        RaceOptions,
+        race,
+        model_name="diffusion-race",
+        summary="a race: drop classes confidently behind the leader on the full grid; spends by difficulty",
+    ),
 ):
     register_sampler(_spec)
 
@@ -144,7 +145,6 @@ __all__ = [
     "run_samplers",
     "ttest",
     "schedule",
-    "spec_for_model",
     "stage_timesteps",
     "unregister_sampler",
 ]

@@ -44,8 +44,7 @@ class AdaptiveOptions(SamplerOptions):
         if len(self.to_keep) != len(self.n_samples):
             raise self._fail(
                 "to_keep",
-                f"has {len(self.to_keep)} stages but adaptive.n_samples has {len(self.n_samples)}; "
-                "give one to_keep per n_samples stage",
+                f"has {len(self.to_keep)} stages but adaptive.n_samples has {len(self.n_samples)}; give one to_keep per n_samples stage",
             )
         if self.to_keep[-1] != 1:
             raise self._fail("to_keep", f"must end with 1 (the last stage picks the class), got {list(self.to_keep)}")
@@ -54,9 +53,7 @@ class AdaptiveOptions(SamplerOptions):
         if any(a >= b for a, b in zip(self.n_samples, self.n_samples[1:])):
             raise self._fail("n_samples", f"must be strictly increasing, got {list(self.n_samples)}")
         if self.n_samples[-1] > num_train_timesteps:
-            raise self._fail(
-                "n_samples", f"asks for {self.n_samples[-1]} timesteps but the model has {num_train_timesteps}"
-            )
+            raise self._fail("n_samples", f"asks for {self.n_samples[-1]} timesteps but the model has {num_train_timesteps}")
 
 
 def stage_timesteps(options: AdaptiveOptions, num_train_timesteps: int) -> list[list[int]]:
@@ -94,9 +91,7 @@ def adaptive(n_classes: int, options: AdaptiveOptions, num_train_timesteps: int 
     pruned: list[list[int]] = []
     stages = stage_timesteps(options, num_train_timesteps)
     for new_timesteps, n_keep in zip(stages, options.to_keep):
-        yield from evals.ensure(
-            (c, t, n) for c in remaining for t in new_timesteps for n in range(options.n_trials)
-        )
+        yield from evals.ensure((c, t, n) for c in remaining for t in new_timesteps for n in range(options.n_trials))
         order = order_by_score(remaining, evals)
         if n_keep < len(order):
             pruned.append(order[n_keep:])

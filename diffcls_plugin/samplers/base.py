@@ -44,8 +44,7 @@ class SamplerResult:
             ``nan`` for a class that was never evaluated).
         n_evals: distinct (class, timestep, noise) evaluations spent on the image.
         n_rounds: rounds (stages, timesteps) the sampler ran.
-        stop_reason: ``"schedule"`` (ran to the end), ``"beam"`` (one class left), ``"budget"``
-            (a sampler's cap on evaluations was reached) or
+        stop_reason: ``"schedule"`` (ran to the end), ``"beam"`` (one class left) or
             ``"patience"`` (the best class did not change for ``patience`` rounds).
     """
 
@@ -66,9 +65,7 @@ Sampler = Generator[Request, Sequence[float], SamplerResult]
 class Scorer(Protocol):
     """Errors of one image's triples: ``score(class_idx, timesteps, noise_idx) -> errors``."""
 
-    def __call__(
-        self, class_idx: Sequence[int], timesteps: Sequence[int], noise_idx: Sequence[int]
-    ) -> Sequence[float]: ...
+    def __call__(self, class_idx: Sequence[int], timesteps: Sequence[int], noise_idx: Sequence[int]) -> Sequence[float]: ...
 
 
 class BatchScorer(Protocol):

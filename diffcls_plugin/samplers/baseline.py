@@ -44,7 +44,5 @@ def baseline(n_classes: int, options: BaselineOptions, num_train_timesteps: int 
     options.validate(num_train_timesteps)
     evals = Evaluations()
     grid = li_timesteps(num_train_timesteps, options.n_timesteps)  # (n_timesteps,)
-    yield from evals.ensure(
-        (c, t, n) for c in range(n_classes) for t in grid for n in range(options.n_trials)
-    )
+    yield from evals.ensure((c, t, n) for c in range(n_classes) for t in grid for n in range(options.n_trials))
     return finish(n_classes, range(n_classes), [], evals, n_rounds=1, stop_reason="schedule")

@@ -100,9 +100,7 @@ class HierarchicalOptions(SamplerOptions):
         if self.t_end is not None:
             self._check_int("t_end", self.t_start + 1, num_train_timesteps)
         if self.t_step is not None and self.n_timesteps is not None:
-            raise self._fail(
-                "t_step", "and hierarchical.n_timesteps are both set; set one of them (the other to null)"
-            )
+            raise self._fail("t_step", "and hierarchical.n_timesteps are both set; set one of them (the other to null)")
         span = self.end(num_train_timesteps) - self.t_start
         if self.t_step is not None:
             self._check_int("t_step", 1, span)

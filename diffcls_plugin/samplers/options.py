@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from diffcls_plugin.errors import DiffclsError, unknown_name_error
+
+
+class Removed(NamedTuple):
+    """An option a sampler no longer has.
+
+    Attributes:
+        default: its former default: the value at which the sampler behaved as it does now (a
+            reference that recorded it at this value still matches; ``diffcls check``).
+        instead: what to use instead, for the error that names it.
+    """
+
+    default: Any
+    instead: str
 
 
 @dataclass(frozen=True)
@@ -14,7 +27,10 @@ class SamplerOptions:
 
     Subclasses are ``@dataclass(frozen=True)`` and set ``section`` (the sampler's name, which is
     also its section in config files) and optionally ``PRESETS``: named bundles of option values
-    that a config section starts from with ``preset: NAME``.
+    that a config section starts from with ``preset: NAME``, and ``REMOVED``: the options the
+    sampler once had, each with its former default (an option stays only while a shipped default
+    or preset uses it or the suite has measured it; the rest go, and are listed here so that older
+    configs get a clear error and older references still match).
 
     Attributes:
         preset: the preset the options started from (recorded in results); ``None`` for none.
@@ -23,6 +39,7 @@ class SamplerOptions:
 
     section: ClassVar[str] = ""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    REMOVED: ClassVar[dict[str, Removed]] = {}
 
     preset: str | None = field(default=None, kw_only=True)
 
@@ -53,10 +70,30 @@ class SamplerOptions:
         if not cls.PRESETS:
             raise DiffclsError(f"{cls.section}.preset {name!r}: {cls.section} has no presets; remove {cls.section}.preset")
         if not isinstance(name, str) or name not in cls.PRESETS:
-            raise unknown_name_error(
-                f"{cls.section} preset", str(name), cls.PRESETS, f"Set {cls.section}.preset to one of them or remove it."
-            )
+            raise unknown_name_error(f"{cls.section} preset", str(name), cls.PRESETS, f"Set {cls.section}.preset to one of them or remove it.")
         return dict(cls.PRESETS[name])
+
+    @classmethod
+    def removed_option_error(cls, key: Any, source: str = "") -> DiffclsError | None:
+        """The error for a config that sets ``key``, an option this sampler no longer has.
+
+        Args:
+            key: a key of the sampler's config section.
+            source: the file (or other origin) named in the error.
+
+        Returns:
+            the error to raise, or ``None`` when ``key`` was never removed (then it is an
+            ordinary unknown key).
+        """
+        removed = cls.REMOVED.get(key) if isinstance(key, str) else None
+        if removed is None:
+            return None
+        where = f"{source}: " if source else ""
+        return DiffclsError(
+            f"{where}{cls.section}.{key} was removed: {cls.section} now always runs as it did at "
+            f"{cls.section}.{key}: {_yaml(removed.default)}, its former default. Delete {cls.section}.{key} "
+            f"from the config; {removed.instead}."
+        )
 
     def check_preset(self) -> None:
         """Raise :class:`DiffclsError` when ``preset`` names no preset of this sampler."""
@@ -70,6 +107,10 @@ class SamplerOptions:
     def to_dict(self) -> dict[str, Any]:
         """Every option (``preset`` included) as plain JSON/YAML values; tuples become lists."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _yaml(value: Any) -> str:
+    return "null" if value is None else str(value)
 
 
 def _plain(value: Any) -> Any:

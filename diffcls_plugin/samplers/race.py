@@ -3,9 +3,9 @@
 The 32-timestep baseline predicts ``argmin_c mean_{t in grid} e_c(t)``: a mean over a *finite,
 known* population of (timestep, noise) slots. The race visits that population slot by slot (by
 default from the middle of the grid outwards; ``order: stratified`` spreads every prefix evenly
-over the noise levels) and scores every class still in the race at each slot, so all survivors share the same slots (Li et al.'s paired
-comparison). After each slot it estimates, for every survivor ``c``, the full-population mean of
-its paired difference to the current leader ``L``,
+over the noise levels) and scores every class still in the race at each slot, so all survivors
+share the same slots (Li et al.'s paired comparison). After each slot it estimates, for every
+survivor ``c``, the full-population mean of its paired difference to the current leader ``L``,
 ``d_c = mean_slots (e_c - e_L)``, with a finite-population standard error
 
     se_c = s_c / sqrt(n) * sqrt((N - n) / N)        n slots seen of N
@@ -21,12 +21,10 @@ with ``correction: bonferroni`` each test runs at ``alpha / (k - 1)`` and with `
 Holm's step-down procedure (1979) controls the same family-wise level with more power, so
 ``alpha`` bounds the chance of eliminating *any* class wrongly at a slot, not each one: with many
 classes and a weak model, per-comparison tests repeated at every slot eliminate the true class
-far too often. With ``max_slots`` the population is the first
-``max_slots`` slots of the visit order (with ``order: center-out``, the middle of the grid), and the
-race estimates the decision of the baseline on exactly those. It stops when one class is left or the
-population is exhausted; at that point ``se = 0`` and the prediction is exactly the baseline's
-among the survivors. So easy images cost a few slots of all classes, close calls cost more, and
-``alpha = 0`` never eliminates: the result is the baseline's, evaluation for evaluation.
+far too often. It stops when one class is left or the population is exhausted; at that point
+``se = 0`` and the prediction is exactly the baseline's among the survivors. So easy images cost
+a few slots of all classes, close calls cost more, and ``alpha = 0`` never eliminates: the
+result is the baseline's, evaluation for evaluation.
 
 A small budget (an eighth or a sixteenth of the baseline's evaluations: two to four slots per
 class) is spent before the bounds can decide anything. ``beam_factor`` gives the race the
@@ -39,18 +37,25 @@ This is a racing algorithm (Maron & Moore 1994, "Hoeffding races"; successive el
 Even-Dar et al. 2002) with the sampling-without-replacement correction of survey sampling; its
 pruning rule resembles Clark & Jaini 2023's paired t-test, but it estimates the baseline's own
 finite-grid decision rather than an expectation over continuous timesteps.
+
+:func:`race_over` runs the same race on any finite population of slots (``bench/suite.py`` uses it
+for the baseline on a sub-grid and the race over the middle of the grid, which are no option of
+the race: ``RaceOptions.REMOVED``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, li_timesteps, order_by_score, paired_moments
-from diffcls_plugin.samplers.options import SamplerOptions
+from diffcls_plugin.samplers.options import Removed, SamplerOptions
 
-ORDERS = ("stratified", "ascending", "descending", "center-out")
+ORDERS = ("stratified", "descending", "center-out")
+# option values the race once accepted: never measured by the suite, so they went
+REMOVED_ORDERS = {"ascending": "clean to noisy; never measured for the race"}
 VARIANCES = ("per-class", "pooled")
 CORRECTIONS = ("none", "bonferroni", "holm")
 
@@ -61,26 +66,15 @@ class RaceOptions(SamplerOptions):
 
     Attributes:
         n_timesteps: size of the population grid (Li et al.'s evenly spaced formula, the same grid
-            as the baseline's ``n_timesteps``).
-        n_noises: noise draws per timestep; the population has ``n_timesteps * n_noises`` slots.
+            as the baseline's ``n_timesteps``), one noise per timestep: ``n_timesteps`` slots.
         alpha: one-sided error level of each elimination (smaller is more careful and costs
             more). ``0`` never eliminates: the result equals the baseline's.
         min_slots: slots every class is scored at before the bounds' first elimination (>= 2;
             the beam, if any, cuts from the first slot).
-        max_slots: the population is the first ``max_slots`` slots of the visit order
-            (``None``, the default: all of them; 16: the middle half of the 32-timestep grid); at
-            the cap the prediction is the survivor with the lowest mean error over them, and the
-            finite-population correction counts ``max_slots`` slots.
-            With ``order: center-out`` it is the middle of the grid; with ``alpha: 0`` and
-            ``order: stratified`` the race is the baseline on an evenly spaced sub-grid.
         order: the order slots are visited in: ``center-out`` (nearest the middle of the grid
             first, alternating above and below; the default), ``stratified`` (van der Corput
-            order starting at the middle: every prefix is spread evenly over the noise levels),
-            ``ascending`` (clean to noisy) or ``descending``.
-        screen: the fraction of classes kept after the first slot, by their error there (at
-            least two; the rest rank below the race's classes in that slot's order), before the
-            race proper starts; ``1`` (the default) screens nothing. A hierarchical-style first
-            cut that lowers the race's cost floor when classes are many or the budget is small.
+            order starting at the middle: every prefix is spread evenly over the noise levels)
+            or ``descending`` (noisy to clean).
         beam_factor: b >= 1; after every slot, once the confidence eliminations are done, the
             survivors are also cut to their best ``max(min_beam, floor(k / b))`` by mean error
             over the slots seen (``k`` survivors): the hierarchical sampler's progressive beam,
@@ -97,6 +91,13 @@ class RaceOptions(SamplerOptions):
             each slot (``k`` survivors): ``none`` (each at ``alpha``; the default), ``bonferroni``
             (each at ``alpha / (k - 1)``) or ``holm`` (Holm's step-down: the strongest case at
             ``alpha / (k - 1)``, the next at ``alpha / (k - 2)``, ... until one fails).
+
+    Removed options (``REMOVED``, with the value at which the race behaved as it does now):
+    ``n_noises`` (never measured above 1 for the race), ``max_slots`` (a population capped to the
+    first slots of the order: the bench's sub-grid baselines and middle-of-the-grid races, which
+    ``bench/suite.py`` runs itself; no default or preset used it) and ``screen`` (a first-slot cut
+    to a fraction of the classes, kept by the bench; the beam's first cut screens, and the
+    ``eighth`` and ``sixteenth`` presets use the beam).
     """
 
     section = "race"
@@ -107,16 +108,18 @@ class RaceOptions(SamplerOptions):
         "sixteenth": {"alpha": 0.2, "min_slots": 2, "beam_factor": 2.0, "min_beam": 3},
         "eighth": {"alpha": 0.1, "min_slots": 4, "beam_factor": 1.25, "min_beam": 2},
     }
+    REMOVED = {
+        "n_noises": Removed(1, "the race draws one noise per timestep (for more, baseline.n_trials or hierarchical.n_noises)"),
+        "max_slots": Removed(None, "the race's population is the whole grid of race.n_timesteps (set that for a coarser grid)"),
+        "screen": Removed(1.0, "for a first cut of the classes by rank set race.beam_factor (its first cut screens)"),
+    }
     n_timesteps: int = 32
-    n_noises: int = 1
     # defaults chosen by bench/suite.py on its members' validation splits, among races over the
     # whole grid: at most a quarter of the 32-timestep baseline's evaluations, the smallest
     # worst-case gap to it plus one standard error
     alpha: float = 0.05
     min_slots: int = 4
-    max_slots: int | None = None
     order: str = "center-out"
-    screen: float = 1.0
     variance: str = "pooled"
     correction: str = "none"
     beam_factor: float = 1.0
@@ -124,22 +127,14 @@ class RaceOptions(SamplerOptions):
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         self._check_int("n_timesteps", 1, num_train_timesteps)
-        self._check_int("n_noises", 1)
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 0.5:
             raise self._fail("alpha", f"must be a number in [0, 0.5), got {a!r}")
         self._check_int("min_slots", 2)
-        if self.max_slots is not None:
-            n = self.n_timesteps * self.n_noises  # both checked above
-            self._check_int("max_slots", 1)
-            if self.max_slots > n:
-                raise self._fail("max_slots", f"is {self.max_slots}, more than the {n} slots of the grid (n_timesteps * n_noises); "
-                                 f"set race.max_slots to at most {n}, or to null for the whole grid")
+        if self.order in REMOVED_ORDERS:
+            raise self._fail("order", f"{self.order!r} was removed ({REMOVED_ORDERS[self.order]}); set race.order to one of {', '.join(ORDERS)}")
         if self.order not in ORDERS:
             raise self._fail("order", f"must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        f = self.screen
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-            raise self._fail("screen", f"must be a fraction in (0, 1] of the classes kept after the first slot, got {f!r}")
         if self.variance not in VARIANCES:
             raise self._fail("variance", f"must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
         if self.correction not in CORRECTIONS:
@@ -148,9 +143,6 @@ class RaceOptions(SamplerOptions):
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 1:
             raise self._fail("beam_factor", f"must be a number >= 1 (1: no beam, the pure race), got {b!r}")
         self._check_int("min_beam", 1)
-        if b > 1 and self.screen < 1:
-            raise self._fail("beam_factor", f"is {b} and race.screen is {self.screen}: both cut the first slot by rank; "
-                             "set race.screen to 1 (the beam's first cut screens) or race.beam_factor to 1")
 
 
 def _van_der_corput(k: int) -> float:
@@ -170,8 +162,6 @@ def visit_order(n: int, order: str) -> list[int]:
     first occurrences only, so the middle comes first and every prefix of length ``2^j`` (for
     ``n`` a power of two) is an evenly spaced sub-grid.
     """
-    if order == "ascending":
-        return list(range(n))
     if order == "descending":
         return list(range(n - 1, -1, -1))
     if order == "center-out":
@@ -193,18 +183,42 @@ def t_quantile(p: float, dof: int) -> float:
     return float(student_t.ppf(p, dof))
 
 
+def population(options: RaceOptions, num_train_timesteps: int = 1000) -> list[tuple[int, int]]:
+    """The race's population: every ``(timestep, noise_idx)`` slot of its grid, in visit order."""
+    grid = li_timesteps(num_train_timesteps, options.n_timesteps)  # (n_timesteps,) ascending
+    return [(grid[i], 0) for i in visit_order(len(grid), options.order)]
+
+
 def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) -> Sampler:
     """Score survivors slot by slot; eliminate classes confidently behind the leader.
+
+    The race over :func:`population` (see :func:`race_over`).
 
     Returns:
         (as the generator's value) a :class:`SamplerResult`; eliminated classes rank below the
         survivors, the latest eliminated first. ``stop_reason`` is ``"beam"`` when one class was
-        left, ``"schedule"`` when the grid was exhausted, ``"budget"`` at ``max_slots``.
+        left, ``"schedule"`` when the grid was exhausted.
     """
     options.validate(num_train_timesteps)
-    grid = li_timesteps(num_train_timesteps, options.n_timesteps)  # (n_timesteps,) ascending
-    slots = [(grid[i], n) for i in visit_order(len(grid), options.order) for n in range(options.n_noises)]
-    n_cap = len(slots) if options.max_slots is None else options.max_slots  # the population's size
+    return (yield from race_over(n_classes, options, population(options, num_train_timesteps)))
+
+
+def race_over(n_classes: int, options: RaceOptions, slots: Sequence[tuple[int, int]]) -> Sampler:
+    """The race on an explicit finite population of ``(timestep, noise_idx)`` slots, in visit order.
+
+    Its finite-population bounds count ``len(slots)`` slots, and once every slot is seen it
+    decides as the baseline on exactly those slots. ``options.n_timesteps`` and ``options.order``
+    are not read (they define :func:`population`); ``options`` is validated by the caller.
+
+    Args:
+        n_classes: C, the number of classes.
+        options: alpha, min_slots, variance, correction, beam_factor and min_beam.
+        slots: (N,) the population, in the order the race visits it; N >= 1.
+
+    Returns:
+        (as the generator's value) a :class:`SamplerResult`, as :func:`race`'s.
+    """
+    n_cap = len(slots)  # the population's size
     evals = Evaluations()
     alive = list(range(n_classes))
     pruned: list[list[int]] = []
@@ -212,13 +226,6 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
     # without a beam the first min_slots slots need no decision in between: one flat request; the
     # beam cuts after every slot, so its slots are requested one by one
     n_seen = 1 if beam else min(options.min_slots, n_cap)
-    keep = max(2, math.ceil(options.screen * n_classes))
-    if keep < n_classes:  # screening: the first slot for every class, then only the best `keep` race on
-        t, n = slots[0]
-        yield from evals.ensure((c, t, n) for c in alive)
-        order = sorted(alive, key=lambda c: (evals.error(c, t, n), c))
-        alive = order[:keep]
-        pruned.append(order[keep:])
     yield from evals.ensure((c, t, n) for t, n in slots[:n_seen] for c in alive)
     stop_reason = "schedule"
     while True:
@@ -236,7 +243,6 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
             stop_reason = "beam"
             break
         if n_seen >= n_cap:
-            stop_reason = "schedule" if n_cap == len(slots) else "budget"
             break
         t, n = slots[n_seen]
         n_seen += 1
@@ -245,7 +251,12 @@ def race(n_classes: int, options: RaceOptions, num_train_timesteps: int = 1000) 
 
 
 def _eliminate(
-    alive: list[int], seen: list[tuple[int, int]], n_total: int, evals: Evaluations, alpha: float, pooled: bool = False,
+    alive: list[int],
+    seen: list[tuple[int, int]],
+    n_total: int,
+    evals: Evaluations,
+    alpha: float,
+    pooled: bool = False,
     correction: str = "none",
 ) -> tuple[list[int], list[int]]:
     """Split the survivors into those kept and those confidently behind the leader."""

@@ -29,7 +29,6 @@ from diffcls_plugin.samplers.base import Evaluations, Sampler, finish, li_timest
 from diffcls_plugin.samplers.options import SamplerOptions
 from diffcls_plugin.samplers.race import visit_order
 
-
 TIMESTEPS = ("grid", "uniform")
 
 
@@ -76,8 +75,11 @@ class TTestOptions(SamplerOptions):
         if self.timesteps not in TIMESTEPS:
             raise self._fail("timesteps", f"must be one of {', '.join(TIMESTEPS)}, got {self.timesteps!r}")
         if self.timesteps == "grid" and self.max_samples > num_train_timesteps:
-            raise self._fail("max_samples", f"is {self.max_samples}, more than the model's {num_train_timesteps} timesteps, "
-                             "with ttest.timesteps: grid (one noise per grid timestep); lower it, or set timesteps: uniform")
+            raise self._fail(
+                "max_samples",
+                f"is {self.max_samples}, more than the model's {num_train_timesteps} timesteps, "
+                "with ttest.timesteps: grid (one noise per grid timestep); lower it, or set timesteps: uniform",
+            )
         self._check_int("seed", 0)
 
 
@@ -125,9 +127,7 @@ def ttest(n_classes: int, options: TTestOptions, num_train_timesteps: int = 1000
     stop_reason = "schedule"
     while True:
         if len(alive) > 1:
-            weighted = {
-                c: [w * evals.error(c, t, n) for (t, n), w in zip(rounds[:n_seen], weights)] for c in alive
-            }
+            weighted = {c: [w * evals.error(c, t, n) for (t, n), w in zip(rounds[:n_seen], weights)] for c in alive}
             order = sorted(alive, key=lambda c: (math.fsum(weighted[c]), c))
             leader = weighted[order[0]]
             keep, out = [order[0]], []

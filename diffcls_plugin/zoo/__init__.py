@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffcls_plugin.errors import DiffclsError, closest
+from diffcls_plugin.errors import DiffclsError, did_you_mean
 
 DEFAULT_CHECKPOINT = "sd2-base"
 # diffusers pipeline class (model_index.json's "_class_name") -> family; one adapter module per family
@@ -30,12 +30,20 @@ SUPPORTED = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDif
 FAMILY_COMPONENTS = {
     "sd": (("unet", "vae", "text_encoder", "tokenizer", "scheduler"), ("unet", "vae", "text_encoder")),
     "sdxl": (("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"), ("unet", "vae", "text_encoder", "text_encoder_2")),
-    "sd3": (("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"), ("transformer", "vae", "text_encoder", "text_encoder_2")),
+    "sd3": (
+        ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+        ("transformer", "vae", "text_encoder", "text_encoder_2"),
+    ),
 }
 
 
 COMPONENTS, WEIGHTED_COMPONENTS = FAMILY_COMPONENTS["sd"]
 FAMILY_NAMES = {"sd": "Stable Diffusion", "sdxl": "SDXL", "sd3": "SD3"}
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (read now, as huggingface_hub reads it: 1/true/yes/on)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def folder_family(path: Path) -> str:
@@ -46,6 +54,8 @@ def folder_family(path: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return "sd"
     return PIPELINE_FAMILIES.get(name, "sd")
+
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -78,7 +88,7 @@ class Checkpoint:
         }
 
 
-@lru_cache(maxsize=None)
+@cache
 def zoo() -> dict[str, dict[str, Any]]:
     """Every known checkpoint name and its entry, from the packaged ``checkpoints.json``."""
     with resources.files(__package__).joinpath("checkpoints.json").open() as f:
@@ -107,9 +117,10 @@ def resolve_checkpoint(pretrained: str) -> Checkpoint:
     if not looks_like_path and pretrained.count("/") == 1:
         return Checkpoint(pretrained, pretrained, "main", False)  # a hub id, org/name
     if looks_like_path:
-        raise DiffclsError(f"--pretrained folder {pretrained!r} does not exist; pass a folder in diffusers layout, a zoo name ({', '.join(entries)}) or a hub id")
-    hint = closest(pretrained, entries)
-    did = f" Did you mean {hint!r}?" if hint else ""
+        raise DiffclsError(
+            f"--pretrained folder {pretrained!r} does not exist; pass a folder in diffusers layout, a zoo name ({', '.join(entries)}) or a hub id"
+        )
+    did = did_you_mean(pretrained, entries)
     raise DiffclsError(
         f"unknown --pretrained {pretrained!r}.{did} Use a zoo name ({', '.join(entries)}), "
         "a hub id such as stabilityai/stable-diffusion-2-base, or a local folder in diffusers layout"

@@ -156,11 +156,7 @@ def _baseline_for(result: Result, raw: dict[tuple[str, str], Result]) -> Result 
     if not result.is_diffusion:
         return None
     baseline_model = SAMPLERS.get(BASELINE_SAMPLER).model_name
-    candidates = [
-        r
-        for r in raw.values()
-        if r.dataset == result.dataset and r.model == baseline_model and r.checkpoint == result.checkpoint
-    ]
+    candidates = [r for r in raw.values() if r.dataset == result.dataset and r.model == baseline_model and r.checkpoint == result.checkpoint]
     if not candidates:
         return None
     default = [r for r in candidates if r.label == f"{r.model} {r.pretrained}"]
@@ -208,7 +204,17 @@ def render(table: Table, fmt: str = "markdown", recall: bool = False) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("×", r"$\times$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("–", "--")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("×", r"$\times$"),
+        ("↑", r"$\uparrow$"),
+        ("↓", r"$\downarrow$"),
+        ("–", "--"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -227,8 +233,19 @@ def _render_latex(table: Table, cols, body) -> str:
 def _render_csv(table: Table) -> str:
     """One line per result, raw values (fractions, not percent), as ``clip_benchmark build`` writes them."""
     out = io.StringIO()
-    fields = ["model", "dataset", "model_name", "pretrained", "acc1", "acc5", "mean_per_class_recall",
-              "unet_evals_per_image", "seconds_per_image", "speedup", "eval_ratio"]
+    fields = [
+        "model",
+        "dataset",
+        "model_name",
+        "pretrained",
+        "acc1",
+        "acc5",
+        "mean_per_class_recall",
+        "unet_evals_per_image",
+        "seconds_per_image",
+        "speedup",
+        "eval_ratio",
+    ]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in table.rows:
@@ -237,12 +254,19 @@ def _render_csv(table: Table) -> str:
             if r is None:
                 continue
             cell = table.cells[(row, d)]
-            writer.writerow({
-                "model": row, "dataset": d, "model_name": r.model, "pretrained": r.pretrained,
-                "acc1": r.metrics.get("acc1"), "acc5": r.metrics.get("acc5"),
-                "mean_per_class_recall": r.metrics.get("mean_per_class_recall"),
-                "unet_evals_per_image": r.diffcls.get("unet_evals_per_image"),
-                "seconds_per_image": r.diffcls.get("seconds_per_image"),
-                "speedup": cell.speedup, "eval_ratio": cell.eval_ratio,
-            })
+            writer.writerow(
+                {
+                    "model": row,
+                    "dataset": d,
+                    "model_name": r.model,
+                    "pretrained": r.pretrained,
+                    "acc1": r.metrics.get("acc1"),
+                    "acc5": r.metrics.get("acc5"),
+                    "mean_per_class_recall": r.metrics.get("mean_per_class_recall"),
+                    "unet_evals_per_image": r.diffcls.get("unet_evals_per_image"),
+                    "seconds_per_image": r.diffcls.get("seconds_per_image"),
+                    "speedup": cell.speedup,
+                    "eval_ratio": cell.eval_ratio,
+                }
+            )
     return out.getvalue()

@@ -72,7 +72,7 @@ def split_indices(seed: int = 0) -> dict[str, np.ndarray]:
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def to_image(pixels) -> "PIL.Image.Image":  # noqa: F821 - PIL imported lazily
+def to_image(pixels) -> PIL.Image.Image:  # noqa: F821 - PIL imported lazily
     """An 8x8 digit (values 0..16) -> a 32x32 RGB PIL image, white digit on black, bicubic upsampling."""
     from PIL import Image
 
@@ -127,7 +127,7 @@ def ensure_digits_wds(root: str | os.PathLike | None = None, *, seed: int = 0) -
     Returns:
         ``root``, for ``clip_benchmark eval --dataset wds/digits --dataset_root <root>``.
     """
-    from diffcls_plugin.datasets import write_wds_classification
+    from diffcls_plugin.data.wds_writer import write_wds_classification
 
     root = Path(root).expanduser() if root is not None else default_cache_dir() / "digits"
     fingerprint = _fingerprint(seed)
@@ -139,10 +139,7 @@ def ensure_digits_wds(root: str | os.PathLike | None = None, *, seed: int = 0) -
             raise FileExistsError(f"{root} exists and is not a folder; remove it or pass another root")
         foreign = sorted(p.name for p in root.iterdir() if p.name not in _WDS_NAMES)
         if foreign:
-            raise FileExistsError(
-                f"{root} holds files that are not a digits webdataset ({', '.join(foreign[:5])}); "
-                "remove them or pass another root"
-            )
+            raise FileExistsError(f"{root} holds files that are not a digits webdataset ({', '.join(foreign[:5])}); remove them or pass another root")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -36,14 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffcls_plugin.config import PROMPT_POLICIES, DTYPES, DiffclsConfig, config_from_dict, read_mapping
-from diffcls_plugin.errors import DiffclsError, closest, unknown_name_error
-from diffcls_plugin.model import MODELS
-from diffcls_plugin.subset import SubsetSpec
+from diffcls_plugin.config import DTYPES, PROMPT_POLICIES, DiffclsConfig, config_from_dict
+from diffcls_plugin.data.subset import SubsetSpec
+from diffcls_plugin.errors import DiffclsError, did_you_mean, unknown_name_error
+from diffcls_plugin.jsonio import read_mapping, write_json_atomic
+from diffcls_plugin.samplers import MODEL_PREFIX, SAMPLERS_BY_MODEL
 
 DIGITS = "wds/digits"
-TOP_KEYS = ("name", "description", "output", "seed", "batch_size", "num_workers", "precision", "prompts",
-            "subset", "reference", "models", "datasets")
+TOP_KEYS = ("name", "description", "output", "seed", "batch_size", "num_workers", "precision", "prompts", "subset", "reference", "models", "datasets")
 MODEL_KEYS = ("name", "pretrained", "label", "options")
 DATASET_KEYS = ("name", "root", "split", "templates", "options")
 
@@ -57,7 +57,7 @@ class ModelSpec:
 
     @property
     def is_diffusion(self) -> bool:
-        return self.name in MODELS
+        return self.name in SAMPLERS_BY_MODEL
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,7 @@ def _check_keys(data: Any, allowed: tuple[str, ...], source: str, where: str) ->
         raise _fail(source, where or "the config", f"must be a mapping, got {data!r}")
     for key in data:
         if key not in allowed:
-            hint = closest(str(key), allowed)
-            did = f" Did you mean {hint!r}?" if hint else ""
+            did = did_you_mean(str(key), allowed)
             raise DiffclsError(f"{source}: unknown key {where + '.' if where else ''}{key}.{did} Valid keys: {', '.join(allowed)}.")
     return data
 
@@ -132,32 +131,32 @@ def _int(data: dict, key: str, default: int, source: str, minimum: int) -> int:
 
 
 def _check_dataset_name(name: str, source: str, where: str) -> None:
-    from diffcls_plugin.harness import harness_datasets
+    from diffcls_plugin.harness.names import harness_datasets
 
     names, prefixes = harness_datasets()
     if name in names or (name.startswith(prefixes) and len(name.split("/", 1)[1]) > 0):
         return
     raise DiffclsError(
         f"{source}: {where}.name {name!r} is not a CLIP_benchmark dataset."
-        + (f" Did you mean {closest(name, names)!r}?" if closest(name, names) else "")
+        + did_you_mean(name, names)
         + " Use a harness dataset name or wds/<name> with a root."
     )
 
 
 def _check_clip_model(name: str, pretrained: str, source: str, where: str) -> None:
-    from diffcls_plugin.harness import open_clip_pretrained
+    from diffcls_plugin.prefilter import open_clip_pretrained
 
     pairs = open_clip_pretrained()
     archs = {a for a, _ in pairs}
     if name not in archs:
-        valid = sorted(archs | set(MODELS.names()))
-        hint = closest(name, valid)
-        did = f" Did you mean {hint!r}?" if hint else ""
-        raise DiffclsError(f"{source}: {where}.name {name!r} is neither a diffusion model ({', '.join(MODELS.names())}) nor an open_clip architecture.{did}")
+        valid = sorted(archs | set(SAMPLERS_BY_MODEL.names()))
+        did = did_you_mean(name, valid)
+        raise DiffclsError(
+            f"{source}: {where}.name {name!r} is neither a diffusion model ({', '.join(SAMPLERS_BY_MODEL.names())}) nor an open_clip architecture.{did}"
+        )
     tags = sorted(t for a, t in pairs if a == name)
     if pretrained not in tags:
-        hint = closest(pretrained, tags)
-        did = f" Did you mean {hint!r}?" if hint else ""
+        did = did_you_mean(pretrained, tags)
         raise DiffclsError(f"{source}: {where}.pretrained {pretrained!r} is not an open_clip checkpoint of {name}.{did} Valid: {', '.join(tags)}.")
 
 
@@ -167,7 +166,7 @@ def load_benchmark(path: str | os.PathLike) -> BenchmarkConfig:
     Raises:
         DiffclsError: naming the file, the key and the fix.
     """
-    from diffcls_plugin.harness import MULTILABEL_DATASETS
+    from diffcls_plugin.harness.names import MULTILABEL_DATASETS
 
     path = Path(path)
     source = str(path)
@@ -188,10 +187,10 @@ def load_benchmark(path: str | os.PathLike) -> BenchmarkConfig:
         subset.validate(f"{source}: subset")
     models = []
     for where, raw, name in _named_entries(data, "models", MODEL_KEYS, source):
-        if name in MODELS:
+        if name in SAMPLERS_BY_MODEL:
             pretrained = raw.get("pretrained", "sd2-base")
-        elif str(name).startswith("diffusion-"):
-            raise DiffclsError(f"{source}: {where}.name: {unknown_name_error('diffusion model', name, MODELS.names())}")
+        elif str(name).startswith(MODEL_PREFIX):
+            raise DiffclsError(f"{source}: {where}.name: {unknown_name_error('diffusion model', name, SAMPLERS_BY_MODEL.names())}")
         else:
             if "pretrained" not in raw:
                 raise _fail(source, f"{where}.pretrained", f"is required for the CLIP model {name!r} (e.g. openai)")
@@ -296,26 +295,42 @@ def dataset_root(name: str, root: str | None) -> str:
     if root is not None:
         return os.path.expandvars(os.path.expanduser(root))
     if name == DIGITS:
-        from diffcls_plugin.digits import ensure_digits_wds
+        from diffcls_plugin.data.digits import ensure_digits_wds
 
         return str(ensure_digits_wds())
     return "root"
 
 
-
 def _argv(config: BenchmarkConfig, run: Run, out_dir: Path) -> list[str]:
     """The ``clip_benchmark eval`` command line of one cell (writes its template file, if any)."""
     argv = [
-        "clip_benchmark", "eval", "--model", run.model.name, "--pretrained", run.model.pretrained,
-        "--dataset", run.dataset.name, "--dataset_root", dataset_root(run.dataset.name, run.dataset.root), "--split", run.dataset.split,
-        "--seed", str(config.seed), "--batch_size", str(config.batch_size), "--num_workers", str(config.num_workers),
-        "--output", str(run.output), "--quiet",
+        "clip_benchmark",
+        "eval",
+        "--model",
+        run.model.name,
+        "--pretrained",
+        run.model.pretrained,
+        "--dataset",
+        run.dataset.name,
+        "--dataset_root",
+        dataset_root(run.dataset.name, run.dataset.root),
+        "--split",
+        run.dataset.split,
+        "--seed",
+        str(config.seed),
+        "--batch_size",
+        str(config.batch_size),
+        "--num_workers",
+        str(config.num_workers),
+        "--output",
+        str(run.output),
+        "--quiet",
     ]
     templates = run.dataset.templates if run.model.is_diffusion else None  # CLIP keeps the harness's ensemble
     if templates:
         template_file = out_dir / f".templates-{_slug(run.dataset.name)}.json"
         short = run.dataset.name.split("/", 1)[1] if run.dataset.name.startswith(("wds/", "tfds/", "vtab/")) else run.dataset.name
-        template_file.write_text(json.dumps({run.dataset.name: list(templates), short: list(templates)}))
+        write_json_atomic(template_file, {run.dataset.name: list(templates), short: list(templates)})
         argv += ["--custom_template_file", str(template_file)]
     return argv
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcls_plugin.errors import DiffclsError
-from diffcls_plugin.leaderboard import Result
+from diffcls_plugin.workflows.leaderboard import Result
 
 ACCURACY_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 LOWER_IS_BETTER = ("unet_evals_per_image", "seconds_per_image", "sampler_evals_per_image")
@@ -60,28 +60,42 @@ def setup_of(result: Result) -> dict[str, Any]:
 def setup_differences(expected: dict[str, Any], result: Result) -> list[str]:
     """The keys of ``expected`` (a reference entry's setup) that ``result`` does not match.
 
-    A sampler option the reference does not record (one added to the sampler after the reference
-    was written) matches when the result ran it at the option's default, which keeps the
-    sampler's earlier behaviour; at any other value it is a difference.
+    Sampler options change between the reference and the result in two ways that keep the
+    sampler's behaviour: an option added after the reference was written (the reference does not
+    record it) matches when the result ran it at its default; an option removed since (the
+    result does not record it; the sampler's ``REMOVED``) matches when the reference ran it at
+    its former default, the value at which the sampler behaved as it does now. At any other
+    value each is a difference, and a removed one says so.
     """
     actual = setup_of(result)
     out = []
     for k, v in expected.items():
         a = actual.get(k)
-        if k == "options" and isinstance(v, dict) and isinstance(a, dict) and set(v) < set(a):
-            defaults = _option_defaults(actual.get("sampler"))
-            if all(k2 in defaults and a[k2] == defaults[k2] for k2 in set(a) - set(v)):
-                a = {k2: a[k2] for k2 in v}
+        if k == "options" and isinstance(v, dict) and isinstance(a, dict):
+            v, a, removed = _comparable_options(actual.get("sampler"), v, a)
+            out += removed
         if a != v:
-            out.append(f"{k} {actual.get(k)!r} (reference: {v!r})")
+            out.append(f"{k} {actual.get(k)!r} (reference: {expected[k]!r})")
     return out
 
 
-def _option_defaults(sampler: Any) -> dict[str, Any]:
-    """A registered sampler's default options as plain values (``{}`` for an unknown one)."""
+def _comparable_options(sampler: Any, expected: dict[str, Any], actual: dict[str, Any]) -> tuple[dict, dict, list[str]]:
+    """The reference's and the result's options without the keys that match by the rules of
+    :func:`setup_differences`, and a line for each removed option the reference ran otherwise."""
     from diffcls_plugin.samplers import SAMPLERS
 
-    return SAMPLERS.get(sampler).options_cls().to_dict() if isinstance(sampler, str) and sampler in SAMPLERS else {}
+    cls = SAMPLERS.get(sampler).options_cls if isinstance(sampler, str) and sampler in SAMPLERS else None
+    defaults = cls().to_dict() if cls else {}
+    gone = cls.REMOVED if cls else {}
+    added = {k for k in set(actual) - set(expected) if k in defaults and actual[k] == defaults[k]}
+    dropped = {k for k in set(expected) - set(actual) if k in gone}
+    lines = [
+        f"options.{k} {expected[k]!r} (reference), but {sampler}.{k} was removed: {sampler} now always runs as it did at "
+        f"{k} {gone[k].default!r}, so this setup cannot be rerun; write a new reference with diffcls check RESULTS --reference FILE --update"
+        for k in sorted(dropped)
+        if expected[k] != gone[k].default
+    ]
+    return ({k: x for k, x in expected.items() if k not in dropped}, {k: x for k, x in actual.items() if k not in added}, lines)
 
 
 @dataclass(frozen=True)
@@ -161,8 +175,9 @@ def check(results: list[Result], reference: dict[str, Any]) -> list[Check]:
             expected = entry.get("setup") or ({"n_images": entry["n_images"]} if entry.get("n_images") else {})
             differences = setup_differences(expected, result)
             if differences:
-                checks.append(Check(label, dataset, "setup", None, None, None, "mismatch",
-                                    "run on another setup than the reference: " + "; ".join(differences)))
+                checks.append(
+                    Check(label, dataset, "setup", None, None, None, "mismatch", "run on another setup than the reference: " + "; ".join(differences))
+                )
                 continue
         for metric, old in entry["metrics"].items():
             if result is None:

@@ -1,0 +1,59 @@
+"""Build a classifier from a harness model name and a checkpoint: the package's one entry point."""
+
+from __future__ import annotations
+
+import torch
+
+from diffcls_plugin.classifier.model import DiffusionClassifier
+from diffcls_plugin.config import DiffclsConfig, config_from_env
+from diffcls_plugin.samplers import SAMPLERS_BY_MODEL
+from diffcls_plugin.store import OutcomeStore
+from diffcls_plugin.weighting import is_scheme, load_weights
+from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint
+
+
+def load_classifier(
+    model_name: str,
+    pretrained: str | Checkpoint | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    config: DiffclsConfig | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    store: OutcomeStore | bool | None = None,
+) -> DiffusionClassifier:
+    """Build a classifier by harness model name (``diffusion-hier`` ...) and ``--pretrained`` value.
+
+    Args:
+        model_name: a registered model name: ``diffusion-baseline``, ``diffusion-adaptive``,
+            ``diffusion-hier`` ... (see :data:`diffcls_plugin.samplers.SAMPLERS_BY_MODEL`).
+        pretrained: a zoo name, hub id or diffusers folder (default ``sd2-base``), or a resolved
+            :class:`~diffcls_plugin.zoo.Checkpoint`.
+        device: where to compute.
+        config: the options; ``None`` reads ``$DIFFCLS_CONFIG`` (or the defaults).
+        seed: the run seed.
+        cache_dir: the hub cache folder.
+        progress: show a progress bar.
+        store: the resume store (see :class:`DiffusionClassifier`); ``None`` follows the config.
+
+    Everything the user chose is validated before any weights load (a timestep weights file is
+    read and checked for its schedule length once the adapter says how long it is).
+    """
+    from diffcls_plugin.adapters import load_adapter
+
+    sampler = SAMPLERS_BY_MODEL.get(model_name).name
+    config = config if config is not None else config_from_env()
+    config.validate()
+    if config.timestep_weights is not None and not is_scheme(config.timestep_weights):
+        load_weights(config.timestep_weights)  # a missing or malformed file fails before the weights load
+    checkpoint = pretrained if isinstance(pretrained, Checkpoint) else resolve_checkpoint(pretrained or DEFAULT_CHECKPOINT)
+    adapter = load_adapter(
+        checkpoint,
+        device=device,
+        dtype=config.dtype,
+        allow_pickle=config.allow_pickle,
+        cache_dir=cache_dir,
+        compile=config.compile,
+    )
+    return DiffusionClassifier(adapter, sampler, config, seed=seed, checkpoint=checkpoint, model_name=model_name, progress=progress, store=store)

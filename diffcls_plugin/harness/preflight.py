@@ -1,0 +1,301 @@
+"""Checks of a diffusion run before any weights or data load, and the argument changes it needs.
+
+:func:`preflight` checks everything a run needs (model and sampler names, config, checkpoint,
+task, dataset type, classes and labels, the output folder, the prefilter's open_clip weights,
+timestep weights) and returns the changes it needs the harness's arguments to take, with the notes
+to print, instead of rewriting them itself; :func:`validate_cell` runs the same checks on one
+``clip_benchmark eval`` command line (``diffcls run`` checks a whole matrix before computing).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffcls_plugin.config import DiffclsConfig, config_from_env
+from diffcls_plugin.data.wds import n_shards, shard_paths, wds_members
+from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.harness.names import (
+    HARNESS_DEFAULT_PRETRAINED,
+    MULTILABEL_DATASETS,
+    class_names,
+    dataset_root,
+    is_diffusion_model,
+    is_local_wds,
+    local_wds_root,
+    output_path,
+    task_of,
+)
+from diffcls_plugin.harness.session import RunContext, current_session, session
+from diffcls_plugin.samplers import SAMPLERS_BY_MODEL
+from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, hub_offline, resolve_checkpoint, zoo
+
+
+@dataclass
+class Preflight:
+    """A checked diffusion run: its context, and what the harness's arguments must change to.
+
+    Attributes:
+        context: what the run resolved (config, seed, checkpoint, output path).
+        changes: harness argument name -> the value the run needs (e.g. ``pretrained``, ``num_workers``).
+        notes: one line each for the user, about the changes and anything suspicious found.
+    """
+
+    context: RunContext
+    changes: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def apply(self, args) -> None:
+        """Set the changes on the harness's ``args`` and print the notes to stderr."""
+        for note in self.notes:
+            print(f"diffcls: {note}", file=sys.stderr)
+        for name, value in self.changes.items():
+            setattr(args, name, value)
+
+
+def preflight(args) -> Preflight:
+    """Check a diffusion run before any weights or data load (``args`` is left as it is).
+
+    Raises:
+        DiffclsError: the first problem found, naming the input and the fix.
+    """
+    SAMPLERS_BY_MODEL.get(args.model)
+    task = task_of(args)
+    if task != "zeroshot_classification":
+        raise DiffclsError(
+            f"--model {args.model} supports only --task zeroshot_classification, but dataset {args.dataset!r} runs {task!r}; pick a classification dataset"
+        )
+    root = local_wds_root(args)
+    dataset_type = ""
+    if root is not None and (root / "dataset_type.txt").is_file():
+        dataset_type = (root / "dataset_type.txt").read_text().strip().lower()
+    if args.dataset in MULTILABEL_DATASETS or dataset_type == "multilabel":
+        raise DiffclsError(
+            f"dataset {args.dataset!r} is multi-label; diffusion classifiers rank classes per image and "
+            "support single-label classification only: use its single-label variant (e.g. voc2007)"
+        )
+    current = current_session()
+    config = current.config if current is not None and current.config is not None else config_from_env()
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    pretrained = args.pretrained
+    if pretrained == HARNESS_DEFAULT_PRETRAINED:
+        notes.append(f"--pretrained left at the harness default; using {DEFAULT_CHECKPOINT!r}")
+        pretrained = changes["pretrained"] = DEFAULT_CHECKPOINT
+    checkpoint = resolve_checkpoint(pretrained)
+    if checkpoint.is_local and pretrained not in zoo():
+        # the harness puts --pretrained into the output file name: use the folder's name there
+        changes["pretrained"] = Path(checkpoint.source).name
+    count = n_shards(root, args.split) if root is not None else None
+    if count is not None and 0 < count < args.num_workers:
+        notes.append(
+            f"{args.dataset} has {count} shards, fewer than --num_workers {args.num_workers}; "
+            f"using {count} loader workers (the harness's webdataset loader fails otherwise)"
+        )
+        changes["num_workers"] = count
+    check_checkpoint_offline(checkpoint, config.allow_pickle)
+    if config.prefilter is not None:
+        from diffcls_plugin.prefilter import check_prefilter
+
+        check_prefilter(config.prefilter.model, config.prefilter.pretrained)
+    from diffcls_plugin.adapters import family_of
+
+    family = family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here
+    check_image_size(checkpoint, config.image_size)
+    notes += check_timestep_weights(config, family, checkpoint, args.dataset, args.split)
+    adjusted = copy.copy(args)
+    for name, value in changes.items():
+        setattr(adjusted, name, value)
+    output = output_path(adjusted, task)
+    folder = Path(output).parent
+    if not folder.is_dir():
+        raise DiffclsError(
+            f"--output {args.output!r} writes {output!r}, but the folder {str(folder)!r} does not exist; "
+            f"create it first (mkdir -p {folder}) so the result can be written when the run ends"
+        )
+    check_dataset(adjusted, task)
+    return Preflight(RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint, output=output), changes, notes)
+
+
+def check_timestep_weights(config: DiffclsConfig, family: str, checkpoint: Checkpoint, dataset: str, split: str) -> list[str]:
+    """A config's timestep weights, before any weights load: an SD3 scheme needs a flow-matching
+    family; a file must be a weights file for the checkpoint's schedule length (read from a local
+    folder's scheduler config). Returns a warning when the file was fitted on the evaluated split."""
+    from diffcls_plugin.weighting import check_scheme_family, is_scheme, load_weights, weights_for
+
+    value = config.timestep_weights
+    check_scheme_family(value, family)
+    if value is None or is_scheme(value):
+        return []
+    weights = load_weights(value)
+    length = scheduler_length(checkpoint)
+    if length is not None:
+        weights_for(value, length)
+    if weights.meta.get("dataset") == dataset and weights.meta.get("split") == split:
+        return [
+            f"WARNING: timestep_weights {value!r} were fitted on {dataset} split {split!r}, the split evaluated here: "
+            "the result is tuned on its own test images. Fit them on another split (`diffcls fit-weights --split train`) "
+            "or another dataset for an honest number"
+        ]
+    return []
+
+
+def scheduler_length(checkpoint: Checkpoint) -> int | None:
+    """``num_train_timesteps`` of a local folder's scheduler config (``None`` when it cannot be read)."""
+    if not checkpoint.is_local:
+        return None
+    try:
+        return int(json.loads((Path(checkpoint.source) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool) -> None:
+    """Before any weights load: a local folder's weights must be loadable safetensors (or allowed
+    pickles); an offline run's hub id must be in the hub cache."""
+    if checkpoint.is_local:
+        from safetensors import safe_open
+
+        from diffcls_plugin.zoo import check_safetensors
+
+        check_safetensors(Path(checkpoint.source), allow_pickle)
+        for path in sorted(Path(checkpoint.source).rglob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            except Exception as err:  # noqa: BLE001 - any unreadable header is reported the same way
+                raise DiffclsError(
+                    f"--pretrained {checkpoint.name!r}: the weights file {str(path)!r} is not a readable safetensors file "
+                    f"({err}); download or save the checkpoint again"
+                ) from None
+        return
+    if hub_offline():
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(checkpoint.source, revision=checkpoint.revision, local_files_only=True, allow_patterns=["model_index.json"])
+        except Exception:  # noqa: BLE001 - not in the cache, whatever the exact error class
+            raise DiffclsError(
+                f"--pretrained {checkpoint.name!r} ({checkpoint.source}) is not in the local hub cache and HF_HUB_OFFLINE is set; "
+                f"download it first (huggingface-cli download {checkpoint.source}) or pass a local diffusers folder"
+            ) from None
+
+
+def check_image_size(checkpoint: Checkpoint, image_size: int | None) -> None:
+    """Before any weights load: ``image_size`` must be a multiple of the checkpoint's VAE
+    downsampling factor (read from a local folder's ``vae/config.json``)."""
+    if image_size is None or not checkpoint.is_local:
+        return
+    path = Path(checkpoint.source) / "vae" / "config.json"
+    try:
+        factor = 2 ** (len(json.loads(path.read_text())["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError, TypeError):
+        return  # the loader reports a damaged VAE config
+    if image_size % factor:
+        low = image_size - image_size % factor
+        raise DiffclsError(
+            f"image_size {image_size} must be a multiple of the VAE's downsampling factor {factor} for "
+            f"--pretrained {checkpoint.name!r}; use {low or factor} or {low + factor}"
+        )
+
+
+def check_dataset(args, task: str) -> None:
+    """Build the dataset once without images (the harness's own builder and arguments) and check its
+    classes and, for a local webdataset, its shards and labels: every data error before any weights load."""
+    from clip_benchmark.datasets import builder
+
+    root = dataset_root(args.dataset_root, args.dataset)
+    local_wds = is_local_wds(args.dataset, root)
+    if local_wds:
+        split_dir = Path(root) / args.split
+        count = n_shards(root, args.split)
+        if count is None:
+            raise DiffclsError(
+                f"--dataset {args.dataset} is a webdataset, but --dataset_root {root!r} has no {args.split}/nshards.txt; "
+                "pass the folder that holds classnames.txt and the split's shards (or a URL)"
+            )
+        missing = [Path(p).name for p in shard_paths(root, args.split) if not Path(p).is_file()]
+        if missing:
+            raise DiffclsError(
+                f"{split_dir / 'nshards.txt'} says {count} shards but {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                f"{'is' if len(missing) == 1 else 'are'} missing from {str(split_dir)!r}; restore the shards or fix nshards.txt"
+            )
+    try:
+        dataset = builder.build_dataset(
+            dataset_name=args.dataset,
+            root=root,
+            transform=None,
+            split=args.split,
+            annotation_file=args.annotation_file,
+            download=True,
+            language=args.language,
+            task=task,
+            custom_template_file=args.custom_template_file,
+            custom_classname_file=args.custom_classname_file,
+            wds_cache_dir=args.wds_cache_dir,
+        )
+    except DiffclsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the harness raises ValueError, OSError, RuntimeError ...
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DiffclsError(
+            f"--dataset {args.dataset} (root {root!r}, split {args.split!r}) cannot be built: {message}; "
+            "check the dataset name (clip_benchmark's README lists them) and --dataset_root"
+        ) from None
+    classes = class_names(getattr(dataset, "classes", None))
+    where = f"{root}/classnames.txt" if local_wds else f"--dataset {args.dataset}"
+    if not classes:
+        raise DiffclsError(f"{where} has no classes; diffusion classifiers need one class name per label")
+    blank = [i + 1 for i, c in enumerate(classes) if not str(c).strip()]
+    if blank:
+        raise DiffclsError(f"{where} has blank class names (lines {', '.join(map(str, blank[:5]))}); remove the blank lines")
+    labels = None
+    if local_wds:
+        labels = wds_members(Path(root), args.split)[2]
+    else:
+        for attr in ("targets", "labels", "_labels"):
+            values = getattr(dataset, attr, None)
+            if values is not None:
+                labels = [int(y) for y in values]
+                break
+    if labels is not None:
+        check_labels(labels, len(classes), where)
+
+
+def check_labels(labels, n_classes: int, where: str) -> None:
+    """Raise unless every label indexes a class."""
+    bad = sorted({int(y) for y in labels if not 0 <= int(y) < n_classes})
+    if bad:
+        raise DiffclsError(
+            f"{where}: labels {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} have no class "
+            f"({n_classes} class names, so labels 0..{n_classes - 1}); add the missing class names or fix the labels"
+        )
+
+
+def validate_cell(argv: list[str], config: DiffclsConfig) -> None:
+    """Check one ``clip_benchmark eval`` command line of a single (model, dataset) cell as its run
+    would, without loading weights or scoring images: for a diffusion model everything
+    :func:`preflight` checks; for a CLIP model the dataset (``diffcls run`` has checked its
+    open_clip name when it loaded the matrix). Raises :class:`DiffclsError`."""
+    import copy
+
+    from clip_benchmark import cli as harness_cli
+
+    saved = sys.argv
+    sys.argv = list(argv)
+    try:
+        _, args = harness_cli.get_parser_args()
+    finally:
+        sys.argv = saved
+    args = copy.copy(args)
+    first = lambda value: value[0] if isinstance(value, (list, tuple)) else value  # noqa: E731
+    args.model, args.pretrained, args.dataset, args.language = first(args.model), first(args.pretrained), first(args.dataset), first(args.language)
+    if is_diffusion_model(args.model_type, args.model):
+        with session(config):
+            preflight(args)
+        return
+    check_dataset(args, task_of(args))

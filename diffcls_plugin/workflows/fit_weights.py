@@ -1,0 +1,104 @@
+"""``diffcls fit-weights``: learn timestep weights for a checkpoint on a labelled harness dataset.
+
+The errors come from the baseline grid (every class, every timestep, one noise each) through the
+classifier's own scorer; :func:`diffcls_plugin.weighting.fit_weights` learns the weights from
+them (Jeong et al. 2025). Fit on a split you will not evaluate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from diffcls_plugin.config import DiffclsConfig
+from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.samplers import BaselineOptions, li_timesteps
+from diffcls_plugin.weighting import METHODS, TimestepWeights, fit_weights
+
+
+def collect_errors(model, loader, progress: bool = True):
+    """Every class's error at every timestep of the baseline grid, for each image of ``loader``.
+
+    Args:
+        model: a ``diffusion-baseline`` :class:`~diffcls_plugin.classifier.DiffusionClassifier`,
+            prepared with the dataset's classes, without timestep weights.
+        loader: batches of ``(pixels, labels)`` from ``model.transform``.
+
+    Returns:
+        ``(errors, labels, timesteps)``: (N, C, T) float64 errors, (N,) labels, (T,) timesteps.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if model.timestep_weights is not None:
+        raise DiffclsError("collect the errors without timestep weights (set timestep_weights: null)")
+    grid = li_timesteps(model.adapter.num_train_timesteps, model.options.n_timesteps)
+    n_classes = model.n_classes
+    errors, labels = [], []
+    bar = tqdm(desc="fit-weights: images", unit="img", disable=not progress)
+    for pixels, targets in loader:
+        scorer = model.scorer(pixels)  # the adapter moves the pixels to its device
+        triples = [(i, c, t, 0) for i in range(len(pixels)) for c in range(n_classes) for t in grid]
+        values = scorer(*map(list, zip(*triples)))
+        errors.append(torch.tensor(values, dtype=torch.float64).view(len(pixels), n_classes, len(grid)))
+        labels += [int(y) for y in targets]
+        bar.update(len(pixels))
+    bar.close()
+    if not errors:
+        raise DiffclsError("the dataset gave no images to fit timestep weights on")
+    return torch.cat(errors), labels, grid
+
+
+def fit_on_dataset(
+    pretrained: str,
+    dataset: str,
+    root: str = "root",
+    split: str = "train",
+    *,
+    subset=None,
+    n_timesteps: int = 32,
+    config=None,
+    seed: int = 0,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str | None = None,
+    method: str = "per-timestep",
+    degree: int = 3,
+    progress: bool = True,
+) -> TimestepWeights:
+    """Fit timestep weights for ``pretrained`` on a labelled harness dataset (``diffcls fit-weights``).
+
+    Every image's errors come from the baseline grid of ``n_timesteps`` (Li et al.'s formula),
+    every class, one noise per timestep, with the run's seed, prompts and loss from ``config``;
+    :func:`fit_weights` then learns the weights. The result's ``meta`` names the checkpoint, the
+    dataset, the split and the subset, so that a run on the same split is flagged.
+    """
+    import torch
+
+    from diffcls_plugin.classifier import load_classifier
+    from diffcls_plugin.harness.datasets import labelled_dataset
+
+    config = config or DiffclsConfig()
+    if method not in METHODS:
+        raise DiffclsError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    config = dataclasses.replace(
+        config, timestep_weights=None, resume=False, prefilter=None, samplers={**dict(config.samplers), "baseline": BaselineOptions(n_timesteps=n_timesteps)}
+    )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_classifier("diffusion-baseline", pretrained, device=device, config=config, seed=seed, progress=False, store=False)
+    data, classes, templates = labelled_dataset(dataset, root, split, model.transform, subset)
+    model.prepare(classes, templates)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
+    errors, labels, grid = collect_errors(model, loader, progress)
+    meta = {
+        "checkpoint": str(pretrained),
+        "dataset": dataset,
+        "split": split,
+        "subset": None if subset is None else subset.to_dict(),
+        "n_timesteps": n_timesteps,
+        "seed": seed,
+        "loss": config.loss,
+        "prompts": config.prompts,
+        "family": getattr(model.adapter, "family", "sd"),
+        "reference": "Jeong et al. 2025, Diffusion Classifiers Understand Compositionality, but Conditions Apply",
+    }
+    return fit_weights(errors, labels, grid, num_train_timesteps=model.adapter.num_train_timesteps, method=method, degree=degree, seed=seed, meta=meta)
