@@ -42,10 +42,7 @@ import torch
 from common import RESULTS, environment
 from proxies import HOLDOUTS
 from suite import (
-    BUDGETS,
-    FAMILIES,
     evaluate,
-    mcnemar_p,
     options_from,
     pair_model,
     race_cells,
@@ -56,6 +53,8 @@ from suite import (
     test_row,
     time_configs,
 )
+
+from diffcls_plugin.tuning import BUDGETS, FAMILIES, mcnemar_p
 
 GOAL_RACE = (0.25, 0.5)  # the race's goal: within 0.5 point of baseline-32 at <= 1/4 of its evaluations
 

@@ -2,7 +2,7 @@
 
 For each pair and split (validation, test) the errors of every (image, class, timestep, noise)
 that any configuration asks for are computed once, for all classes at once, and shared
-(``ErrorTable``); every configuration is charged its own distinct evaluations
+(``ErrorCache``, then ``tuning.ErrorTable``); every configuration is charged its own distinct evaluations
 (``SamplerResult.n_evals``). Every configuration sees the same images and the same noises.
 
 Choices are made on VALIDATION splits only; TEST splits are read once per reported number. The
@@ -41,30 +41,25 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import tarfile
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from common import RESULTS, environment
 from proxies import PAIRS, VALIDATION_ONLY, Pair
 from variants import RaceVariant, from_recorded, recorded, sampler_fn
 
+from diffcls_plugin import tuning
 from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import load_config
-from diffcls_plugin.samplers import (
-    SAMPLERS,
-    AdaptiveOptions,
-    BaselineOptions,
-    HierarchicalOptions,
-    SamplerOptions,
-    run_samplers,
-)
+from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.samplers import SAMPLERS, BaselineOptions, SamplerOptions
 from diffcls_plugin.samplers.race import RaceOptions
-from diffcls_plugin.samplers.ttest import TTestOptions
+from diffcls_plugin.tuning import BUDGETS, FAMILIES, ErrorTable, mcnemar_p
 
 # what each sampler's shipped defaults may cost, as a fraction of baseline-32's evaluations: the
 # bounds of the goals set for them (the hierarchical sampler: the paper's claim, within 1 point at
@@ -73,8 +68,7 @@ from diffcls_plugin.samplers.ttest import TTestOptions
 # then the best t-test within a quarter lost 14.7 points on one of their validation splits (and
 # 11.4 on digits-noisy's test split, seen before this change), the best within a half 1.9
 DEFAULT_BUDGETS = {"hierarchical": 0.5, "adaptive": 0.5, "race": 0.25, "ttest": 0.5}
-BUDGETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
-# the choosing rule's margin: standard errors added to each validation gap (see `choose`). With 0
+# the choosing rule's margin: standard errors added to each validation gap (`tuning.choose`). With 0
 # (the rule until the race's held-out read) the worst case rewards configurations that were lucky
 # on a few hundred validation images; one standard error of the paired gap charges each
 # configuration for the images on which it parts from baseline-32
@@ -89,75 +83,38 @@ RULE_ZS = (0.0, 1.0)  # the rules compared in the report
 # 32): which timesteps carry the class is the model's business, not a default's. And a shipped
 # setting must be one the race can run: no first-slot screen (`RaceVariant.screen`; the rule never picked one)
 CANDIDATES = {"race": lambda row: row["options"]["max_slots"] is None and row["options"]["screen"] == 1.0}
-FAMILIES = ("adaptive", "hierarchical", "ttest", "race")
 
 
 # ----------------------------------------------------------------------------- configurations
-def grid(quick: bool = False) -> list[tuple[str, SamplerOptions | RaceVariant]]:
-    """Every configuration measured: (sampler name, options). Every option whose default has
-    ever changed is spelled out, so that a configuration keeps its key in ``suite.json``.
+# the populations the bench races over besides the whole grid (``RaceVariant``): the middle 16 or 8
+# timesteps, with or without a first-slot screen that keeps half the classes
+POPULATIONS = tuple(itertools.product((None, 16, 8), (1.0, 0.5)))
 
-    Everything but the one-timestep baseline visits timesteps of the 32-timestep baseline's grid
-    (Li et al.'s formula), one noise each, so the suite's cost is about that of baseline-32 on
-    every image: the t-test's rounds visit the grid (``timesteps: grid``); Li et al.'s
-    adaptive schedules are scaled to a last stage of 32 timesteps (their stage grids are then
-    sub-grids of it), and the baseline at fewer timesteps is drawn as the race without
-    elimination on the first ``k`` slots (the bench's ``RaceVariant``: ``alpha: 0, max_slots: k,
-    order: stratified`` is the baseline on an evenly spaced sub-grid of ``k`` of the 32 timesteps;
-    with ``order: center-out``, on the middle ``k`` of them).
+
+def grid(quick: bool = False) -> list[tuple[str, SamplerOptions | RaceVariant]]:
+    """Every configuration measured: (sampler name, options), the package's candidates
+    (``tuning.blocks``) with the bench's own rows, in the order of the record.
+
+    Everything but the one-timestep baseline visits timesteps of the 32-timestep baseline's grid,
+    one noise each (``tuning.candidates``), so the suite's cost is about that of baseline-32 on
+    every image. The bench adds the reference baselines (1 and 32 timesteps) and its races over a
+    capped population (``RaceVariant``): the baseline at fewer timesteps, drawn as the race
+    without elimination on the first ``k`` slots (``alpha: 0, max_slots: k, order: stratified``
+    is the baseline on an evenly spaced sub-grid of ``k`` of the 32 timesteps; with ``order:
+    center-out``, on the middle ``k`` of them), and every pooled and Holm race also over the
+    middle 16 or 8 timesteps, with or without a screen (``POPULATIONS``).
     """
+    blocks = tuning.blocks()
     configs: list[tuple[str, SamplerOptions | RaceVariant]] = [("baseline", BaselineOptions(n_timesteps=n)) for n in (1, 32)]
     configs += [
         ("race", RaceVariant(RaceOptions(alpha=0, min_slots=4, order=o, variance="per-class", correction="none"), max_slots=k))
         for o in ("stratified", "center-out")
         for k in (1, 2, 4, 8, 16)
     ]
-    # Li et al.'s elimination scaled down: their CIFAR10 shape (keep 5, then 1), sharper ones,
-    # and their many-class shape (Aircraft: 20 10 5 1) as (10, 5, 1)
-    two = ((1, 32), (2, 32), (4, 32), (8, 32), (16, 32))
-    three = ((1, 4, 32), (2, 8, 32), (4, 16, 32))
-    configs += [("adaptive", AdaptiveOptions(to_keep=k, n_samples=n)) for k in ((5, 1), (3, 1), (2, 1)) for n in two]
-    configs += [("adaptive", AdaptiveOptions(to_keep=(10, 5, 1), n_samples=n)) for n in three]
-    hier = itertools.product((1.25, 1.5, 2.0, 3.0), (None, 1, 2, 4), ("ascending", "descending", "center-out"))
-    configs += [("hierarchical", HierarchicalOptions(beam_factor=b, min_beam=1, patience=p, direction=d)) for b, p, d in hier]
-    fixed = itertools.product((2.0, 4.0), (None, 2, 4), ("ascending", "descending", "center-out"))
-    configs += [("hierarchical", HierarchicalOptions(beam="fixed", beam_factor=b, min_beam=1, patience=p, direction=d)) for b, p, d in fixed]
-    floor = itertools.product((1.25, 1.5, 2.0, 3.0), (2, 3), (None, 4), ("descending", "center-out"))
-    configs += [("hierarchical", HierarchicalOptions(beam_factor=b, min_beam=m, patience=p, direction=d)) for b, m, p, d in floor]
-    # careful ones, for the half budget on many classes: a slower shrink, a larger floor
-    careful = [(1.1, m) for m in (2, 3, 4)] + list(itertools.product((1.25, 1.5, 2.0), (4, 5, 6)))
-    configs += [
-        ("hierarchical", HierarchicalOptions(beam_factor=b, min_beam=m, patience=None, direction=d))
-        for (b, m), d in itertools.product(careful, ("descending", "center-out"))
-    ]
-    configs += [("hierarchical", preset("hierarchical", "paper"))]
-    # the race with per-class variances, in three orders of travel
-    race = itertools.product((0.2, 0.1, 0.05, 0.01, 0.001), (2, 4), ("stratified", "center-out", "descending"))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o, variance="per-class", correction="none")) for a, m, o in race]
-    # the race with pooled variances (decisive from two slots), over the whole grid or its middle
-    # 16 or 8 timesteps, with or without a first-slot screen that keeps half the classes
-    pooled = itertools.product((0.2, 0.1, 0.05, 0.02, 0.01), (2, 4), (None, 16, 8), (1.0, 0.5))
-    configs += [("race", race_config(RaceOptions(alpha=a, min_slots=m, variance="pooled", correction="none"), k, f)) for a, m, k, f in pooled]
-    # the race with a multiple-comparison correction of each slot's k - 1 eliminations: Holm's
-    # step-down (pooled, as above; per-class in two orders) and Bonferroni's (pooled, whole grid)
-    holm = itertools.product((0.3, 0.2, 0.1, 0.05), (2, 4), (None, 16, 8), (1.0, 0.5))
-    configs += [("race", race_config(RaceOptions(alpha=a, min_slots=m, variance="pooled", correction="holm"), k, f)) for a, m, k, f in holm]
-    # the race with the hierarchical sampler's progressive beam (cut to the best 1/b after every
-    # slot, down to min_beam; the bounds eliminate on top of it): for the budgets of two to four
-    # slots per class, where the bounds alone cannot decide yet. alpha > 0 only: with alpha 0 it is
-    # the hierarchical sampler itself
-    beamed = itertools.product((0.2, 0.1, 0.05), (2, 4), (1.1, 1.25, 1.5, 2.0, 3.0), (1, 2, 3))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, beam_factor=b, min_beam=mb, variance="pooled", correction="none")) for a, m, b, mb in beamed]
-    holm_per_class = itertools.product((0.2, 0.1, 0.05), (2, 4), ("stratified", "center-out"))
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, order=o, variance="per-class", correction="holm")) for a, m, o in holm_per_class]
-    configs += [("race", RaceOptions(alpha=a, min_slots=m, variance="pooled", correction="bonferroni")) for a in (0.2, 0.1, 0.05) for m in (2, 4)]
-    # Clark & Jaini's own p = 2e-3 (20 to 2000 rounds, the `clark-jaini` preset) is left out: on
-    # these pairs its fresh random timesteps cost more than the whole 32-timestep grid per image.
-    # The t-test's rounds visit the grid (`timesteps: grid`), as every other sampler's do: its
-    # uniform draws (measured until the suite took in its validation-only members) nearly doubled
-    # the suite's UNet evaluations on the letter pairs
-    ttest = itertools.product((0.2, 0.1, 0.05, 0.02), (4, 8), (7.0, 0.0))
-    configs += [("ttest", TTestOptions(p=p, min_samples=m, weight_rate=w, max_samples=32, timesteps="grid")) for p, m, w in ttest]
+    configs += blocks["adaptive"] + blocks["hierarchical"] + blocks["race-per-class"]
+    for block in ("race-pooled", "race-holm"):
+        configs += [("race", race_config(o, k, f)) for _, o in blocks[block] for k, f in POPULATIONS]
+    configs += blocks["race-beamed"] + blocks["race-holm-per-class"] + blocks["race-bonferroni"] + blocks["ttest"]
     if quick:
         configs = (
             configs[:12] + configs[12:35:5] + [c for c in configs if c[0] == "hierarchical"][::7] + [c for c in configs[30:] if c[0] in ("race", "ttest")][::7]
@@ -208,8 +165,9 @@ def read_split(root: Path, split: str) -> tuple[list, list[int], list[str], list
     return images, labels, [c for c in classnames if c.strip()], [t for t in templates if t.strip()]
 
 
-class ErrorTable:
-    """A batch scorer that computes each (image, class, timestep, noise) once and shares it.
+class ErrorCache:
+    """A batch scorer that computes each (image, class, timestep, noise) once, through the pair's
+    model, and keeps it: the fillers fill it, then it becomes the split's ``tuning.ErrorTable``.
 
     ``run_samplers`` already flattens every image's pending triples into one call, so the
     misses of a call go through the UNet in large batches.
@@ -221,16 +179,10 @@ class ErrorTable:
         self.errors: dict[tuple[int, int, int, int], float] = {}
         self.computed = 0
         self.seconds = 0.0
-        self.frozen = None  # the configuration being evaluated, once the table may no longer grow
 
     def __call__(self, image_idx, class_idx, timesteps, noise_idx):
         keys = list(zip(image_idx, class_idx, timesteps, noise_idx))
         missing = [k for k in dict.fromkeys(keys) if k not in self.errors]
-        if missing and self.frozen is not None:
-            raise RuntimeError(
-                f"{self.frozen} asks for (image, class, timestep, noise) = {missing[0]}, outside the "
-                "32-timestep grid the baselines filled; add it to FILLERS in bench/suite.py"
-            )
         if missing:
             start = time.perf_counter()
             self.errors.update(zip(missing, self.inner(*zip(*missing))))
@@ -247,16 +199,19 @@ def family_of(row: dict) -> str:
     return row["sampler"]
 
 
-def evaluate(sampler: str, options: SamplerOptions | RaceVariant, table: ErrorTable, labels: list[int], n_train: int) -> dict:
-    fn = sampler_fn(sampler, options)
-    results = run_samplers([fn(table.n_classes, options, n_train) for _ in labels], table)
-    correct = [r.prediction == y for r, y in zip(results, labels)]
+def evaluate(sampler: str, options: SamplerOptions | RaceVariant, table: tuning.ErrorSource, labels: list[int], n_train: int) -> dict:
+    """One configuration's row of the record, run on ``table`` (``tuning.evaluate``)."""
+    return as_row(sampler, options, tuning.evaluate(sampler_fn(sampler, options), options, table, labels, n_train))
+
+
+def as_row(sampler: str, options: SamplerOptions | RaceVariant, outcome: tuning.Outcome) -> dict:
+    """A configuration's outcome as the record's row: its options as recorded, top-1, evaluations, correctness."""
     return {
         "sampler": sampler,
         "options": recorded(sampler, options),
-        "top1": sum(correct) / len(correct),
-        "evals_per_image": sum(r.n_evals for r in results) / len(results),
-        "correct": "".join("1" if c else "0" for c in correct),
+        "top1": outcome.top1,
+        "evals_per_image": outcome.evals_per_image,
+        "correct": outcome.bits,
     }
 
 
@@ -266,46 +221,33 @@ def pair_model(pretrained: str):
     return load_classifier("diffusion-baseline", pretrained, config=cfg, seed=0, progress=False)
 
 
-def split_table(model, root: Path, split: str) -> tuple[ErrorTable, list[int], list[str], torch.Tensor]:
+def split_table(model, root: Path, split: str) -> tuple[ErrorCache, list[int], list[str], torch.Tensor]:
     """One split's shared error table, labels, class names and pixels; ``val`` prepares the model's classes."""
     images, labels, classnames, templates = read_split(root, split)
     if split == "val":
         model.prepare(classnames, templates)
     pixels = torch.stack([model.transform(im) for im in images])
-    return ErrorTable(model, pixels), labels, classnames, pixels
+    return ErrorCache(model, pixels), labels, classnames, pixels
 
 
 # the configurations that fill a split's table: every evaluation any configuration of the grid asks
 # for (the 32-timestep grid, one noise each, and the one-timestep baseline's t = 500)
 FILLERS = (("baseline", BaselineOptions(n_timesteps=32)), ("baseline", BaselineOptions(n_timesteps=1)))
-_SHARED: dict = {}  # what the forked workers of `evaluate_all` read
 
 
-def _evaluate_shared(i: int) -> tuple[str, dict]:
-    sampler, options = _SHARED["configs"][i]
-    table = _SHARED["table"]
-    table.frozen = key(sampler, options)
-    return table.frozen, evaluate(sampler, options, table, _SHARED["labels"], _SHARED["n_train"])
-
-
-def evaluate_all(configs, table: ErrorTable, labels: list[int], n_train: int, workers: int = 1) -> dict[str, dict]:
+def evaluate_all(configs, cache: ErrorCache, labels: list[int], n_train: int, workers: int = 1) -> dict[str, dict]:
     """Every configuration's row: the fillers in this process (they run the UNet), then the rest
-    on the filled table, split over ``workers`` forked processes (pure Python: the samplers'
-    bookkeeping, a fifth of the suite's time; the rows do not depend on how they are split)."""
-    import multiprocessing
-
-    rows = {key(s, o): evaluate(s, o, table, labels, n_train) for s, o in FILLERS}
-    rest = [(s, o) for s, o in configs if key(s, o) not in rows]
-    _SHARED.update(configs=rest, table=table, labels=labels, n_train=n_train)
+    on the filled table (``tuning.evaluate_all``), split over ``workers`` forked processes (pure
+    Python: the samplers' bookkeeping, a fifth of the suite's time; the rows do not depend on how
+    they are split)."""
+    rows = {key(s, o): evaluate(s, o, cache, labels, n_train) for s, o in FILLERS}
+    table = ErrorTable.from_mapping(cache.errors, len(labels), cache.n_classes)
+    rest = {key(s, o): (s, o) for s, o in configs if key(s, o) not in rows}
     try:
-        if workers > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                rows.update(pool.map(_evaluate_shared, range(len(rest)), chunksize=4))
-        else:
-            rows.update(map(_evaluate_shared, range(len(rest))))
-    finally:
-        table.frozen = None
-        _SHARED.clear()
+        outcomes = tuning.evaluate_all({k: (sampler_fn(s, o), o) for k, (s, o) in rest.items()}, table, labels, n_train, workers)
+    except DiffclsError as err:
+        raise RuntimeError(f"{err}; the 32-timestep grid the baselines filled is the table: add what it asks for to FILLERS in bench/suite.py") from None
+    rows.update({k: as_row(s, o, outcomes[k]) for k, (s, o) in rest.items()})
     return {key(s, o): rows[key(s, o)] for s, o in configs}
 
 
@@ -367,8 +309,22 @@ def time_configs(pair_data: dict, named: dict[str, tuple[str, SamplerOptions]], 
 
 
 # ----------------------------------------------------------------------------- choosing
+class Row(NamedTuple):
+    """A recorded row as the package's rule reads it (``tuning.Scored``)."""
+
+    correct: str
+    top1: float
+    evals_per_image: float
+
+
+def scored(row: dict) -> Row:
+    """A recorded row for ``tuning``'s rule (a test row whose correctness was not kept has none)."""
+    return Row(row.get("correct", ""), row["top1"], row["evals_per_image"])
+
+
 def ratio(row: dict, base: dict) -> float:
-    return row["evals_per_image"] / base["evals_per_image"]
+    """A recorded row's evaluations per image over those of ``base`` (``tuning.ratio``)."""
+    return tuning.ratio(scored(row), scored(base))
 
 
 def base32(pair_split: dict) -> dict:
@@ -377,68 +333,37 @@ def base32(pair_split: dict) -> dict:
 
 def gap_bound(split: dict, k: str, z: float = 0.0) -> float:
     """Configuration ``k``'s gap to baseline-32 on one split (a fraction; positive is a loss), plus
-    ``z`` standard errors of that paired gap: with ``n10`` images only the baseline gets right and
-    ``n01`` only ``k`` does, the per-image difference has variance ``(n10 + n01) / n - gap^2``."""
-    b, r = base32(split), split["rows"][k]
-    gap = b["top1"] - r["top1"]
-    if not z:
-        return gap
-    n = len(b["correct"])
-    discordant = sum(x != y for x, y in zip(b["correct"], r["correct"]))
-    return gap + z * math.sqrt(max(0.0, discordant / n - gap * gap) / n)
+    ``z`` standard errors of that paired gap (``tuning.gap_bound``)."""
+    return tuning.gap_bound(scored(split["rows"][k]), scored(base32(split)), z)
 
 
 def choose(data: list[dict], family: str, keep=None, budget: float | None = None, strict: bool = False, z: float | None = None) -> str | None:
-    """The configuration of ``family`` whose worst validation gap to baseline-32 over the pairs in
-    ``data``, each plus ``z`` (default ``RULE_Z``) standard errors, is smallest, among those
-    costing at most ``budget`` of its evaluations on every validation split (ties: lower mean
-    evaluation ratio); if none is that cheap, the cheapest (``strict``: ``None``). Candidates:
-    those ``keep`` accepts (default: the family's ``CANDIDATES``)."""
+    """The rule (``tuning.choose``) on the validation splits of the pairs in ``data``: the
+    configuration of ``family`` whose worst gap to baseline-32, each plus ``z`` (default
+    ``RULE_Z``) standard errors, is smallest, among those costing at most ``budget`` (default: the
+    family's ``DEFAULT_BUDGETS``) of its evaluations on every validation split; if none is that
+    cheap, the cheapest (``strict``: ``None``). Candidates: those ``keep`` accepts (default: the
+    family's ``CANDIDATES``)."""
     budget = DEFAULT_BUDGETS[family] if budget is None else budget
     z = RULE_Z if z is None else z
     keep = keep or CANDIDATES.get(family, lambda row: True)
-    keys = [k for k, r in data[0]["splits"]["val"]["rows"].items() if family_of(r) == family and keep(r)]
-
-    def stats(k):
-        gaps, ratios = [], []
-        for d in data:
-            split = d["splits"]["val"]
-            gaps.append(gap_bound(split, k, z))
-            ratios.append(ratio(split["rows"][k], base32(split)))
-        return max(gaps), max(ratios), sum(ratios) / len(ratios)
-
-    scored = {k: stats(k) for k in keys}
-    within = [k for k, (_, worst_ratio, _) in scored.items() if worst_ratio <= budget + 1e-12]
-    if within:
-        return min(within, key=lambda k: (round(scored[k][0], 12), scored[k][2], k))
-    if strict or not keys:
-        return None
-    return min(keys, key=lambda k: (scored[k][2], scored[k][0], k))
+    splits = [d["splits"]["val"] for d in data]
+    keys = [k for k, r in splits[0]["rows"].items() if family_of(r) == family and keep(r)]
+    candidates = {k: [scored(split["rows"][k]) for split in splits] for k in keys}
+    return tuning.choose(candidates, [scored(base32(split)) for split in splits], budget, z=z, strict=strict)
 
 
 def best_within(d: dict, family: str, budget: float) -> str | None:
-    """On one pair's validation split: the most accurate configuration within ``budget``."""
+    """On one pair's validation split: the most accurate configuration within ``budget`` (``tuning.best_within``)."""
     split = d["splits"]["val"]
-    b = base32(split)
-    rows = [(k, r) for k, r in split["rows"].items() if family_of(r) == family and ratio(r, b) <= budget + 1e-12]
-    if not rows:
-        return None
-    return max(rows, key=lambda kr: (kr[1]["top1"], -kr[1]["evals_per_image"], kr[0]))[0]
+    rows = {k: scored(r) for k, r in split["rows"].items() if family_of(r) == family}
+    return tuning.best_within(rows, scored(base32(split)), budget)
 
 
 def test_row(d: dict, k: str) -> dict:
     split = d["splits"]["test"]
     r, b = split["rows"][k], base32(split)
     return {"top1": r["top1"], "evals_per_image": r["evals_per_image"], "gap_points": 100 * (b["top1"] - r["top1"]), "eval_ratio": ratio(r, b)}
-
-
-def mcnemar_p(a: str, b: str) -> float:
-    """Exact two-sided McNemar p-value of two paired correctness strings."""
-    from scipy.stats import binomtest
-
-    n01 = sum(x == "0" and y == "1" for x, y in zip(a, b))
-    n10 = sum(x == "1" and y == "0" for x, y in zip(a, b))
-    return 1.0 if n01 + n10 == 0 else float(binomtest(n01, n01 + n10, 0.5).pvalue)
 
 
 def race_cells(data: list[dict], table: dict) -> list[dict]:

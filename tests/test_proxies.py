@@ -116,24 +116,24 @@ class _PlantedModel:
 
 
 def test_the_suite_gives_the_same_rows_however_the_samplers_are_split_over_processes():
-    from suite import ErrorTable, evaluate_all, grid, key
+    from suite import ErrorCache, evaluate_all, grid, key
 
     labels = [i % 5 for i in range(12)]
     configs = grid(quick=True)
-    one = evaluate_all(configs, ErrorTable(_PlantedModel(), None), labels, 1000, workers=1)
-    two = evaluate_all(configs, ErrorTable(_PlantedModel(), None), labels, 1000, workers=2)
+    one = evaluate_all(configs, ErrorCache(_PlantedModel(), None), labels, 1000, workers=1)
+    two = evaluate_all(configs, ErrorCache(_PlantedModel(), None), labels, 1000, workers=2)
     assert list(one) == [key(s, o) for s, o in configs]
     assert one == two
     assert len({r["correct"] for r in one.values()}) > 3  # the planted errors do separate the configurations
 
 
 def test_the_suite_refuses_a_configuration_outside_the_filled_grid():
-    from suite import ErrorTable, evaluate_all
+    from suite import ErrorCache, evaluate_all
 
     from diffcls_plugin.samplers.ttest import TTestOptions
 
     with pytest.raises(RuntimeError, match="FILLERS"):
-        evaluate_all([("ttest", TTestOptions(timesteps="uniform"))], ErrorTable(_PlantedModel(), None), [0, 1, 2], 1000)
+        evaluate_all([("ttest", TTestOptions(timesteps="uniform"))], ErrorCache(_PlantedModel(), None), [0, 1, 2], 1000)
 
 
 def test_the_shipped_defaults_are_the_ones_the_suite_chose():
