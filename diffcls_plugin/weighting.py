@@ -63,9 +63,10 @@ def check_scheme_family(value, family: str) -> None:
         )
 
 
-def weights_for(value, num_train_timesteps: int) -> TimestepWeights | None:
+def weights_for(value, num_train_timesteps: int | None) -> TimestepWeights | None:
     """The weights a ``timestep_weights`` file value names, checked against the model's schedule
-    (before any weights load); ``None`` for ``null`` and the built-in schemes (the adapter makes those).
+    length (``None``: not known yet, not checked); ``None`` for ``null`` and the built-in schemes
+    (the adapter makes those).
 
     Raises:
         DiffclsError: a missing or malformed file, or weights fitted on another schedule length.
@@ -73,7 +74,7 @@ def weights_for(value, num_train_timesteps: int) -> TimestepWeights | None:
     if value is None or is_scheme(value):
         return None
     weights = load_weights(value)
-    if weights.num_train_timesteps != num_train_timesteps:
+    if num_train_timesteps is not None and weights.num_train_timesteps != num_train_timesteps:
         raise DiffclsError(
             f"timestep_weights {str(value)!r} were fitted on a {weights.num_train_timesteps}-step schedule, "
             f"this model has {num_train_timesteps}; fit them for this model with `diffcls fit-weights`"

@@ -71,6 +71,10 @@ def test_a_missing_or_mismatched_weights_file_is_refused_before_any_weights_load
     path = TimestepWeights((0, 100), (1.0, 1.0), num_train_timesteps=500).save(tmp_path / "short.json")
     with pytest.raises(DiffclsError, match="500-step schedule, this model has 1000"):
         weights_for(str(path), 1000)
+    with pytest.raises(DiffclsError, match="500-step schedule, this model has 1000"):  # read from the folder's scheduler config
+        load_classifier("diffusion-baseline", "tiny-digits", config=load_config(None, [f"timestep_weights={path}"]))
+    assert not loaded
+    assert weights_for(str(path), None).num_train_timesteps == 500  # a length not known yet is not checked
     assert weights_for(None, 1000) is None and weights_for("cosmap", 1000) is None  # schemes come from the adapter
 
 

@@ -8,8 +8,8 @@ from diffcls_plugin.classifier.model import DiffusionClassifier
 from diffcls_plugin.config import DiffclsConfig, config_from_env
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL
 from diffcls_plugin.store import OutcomeStore
-from diffcls_plugin.weighting import is_scheme, load_weights
-from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint
+from diffcls_plugin.weighting import weights_for
+from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint, scheduler_length
 
 
 def load_classifier(
@@ -38,16 +38,17 @@ def load_classifier(
         store: the resume store (see :class:`DiffusionClassifier`); ``None`` follows the config.
 
     Everything the user chose is validated before any weights load (a timestep weights file is
-    read and checked for its schedule length once the adapter says how long it is).
+    read and checked for its schedule length: a local folder's from its scheduler config, a hub
+    checkpoint's once its adapter has loaded).
     """
     from diffcls_plugin.adapters import load_adapter
 
     sampler = SAMPLERS_BY_MODEL.get(model_name).name
     config = config if config is not None else config_from_env()
     config.validate()
-    if config.timestep_weights is not None and not is_scheme(config.timestep_weights):
-        load_weights(config.timestep_weights)  # a missing or malformed file fails before the weights load
     checkpoint = pretrained if isinstance(pretrained, Checkpoint) else resolve_checkpoint(pretrained or DEFAULT_CHECKPOINT)
+    # a missing or malformed weights file, or one for a local folder's other schedule length, fails before the weights load
+    weights_for(config.timestep_weights, scheduler_length(checkpoint))
     adapter = load_adapter(
         checkpoint,
         device=device,

@@ -32,7 +32,7 @@ from diffcls_plugin.harness.names import (
 )
 from diffcls_plugin.harness.session import RunContext, current_session, session
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL
-from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, hub_offline, resolve_checkpoint, zoo
+from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, hub_offline, resolve_checkpoint, scheduler_length, zoo
 
 
 @dataclass
@@ -125,16 +125,13 @@ def check_timestep_weights(config: DiffclsConfig, family: str, checkpoint: Check
     """A config's timestep weights, before any weights load: an SD3 scheme needs a flow-matching
     family; a file must be a weights file for the checkpoint's schedule length (read from a local
     folder's scheduler config). Returns a warning when the file was fitted on the evaluated split."""
-    from diffcls_plugin.weighting import check_scheme_family, is_scheme, load_weights, weights_for
+    from diffcls_plugin.weighting import check_scheme_family, is_scheme, weights_for
 
     value = config.timestep_weights
     check_scheme_family(value, family)
     if value is None or is_scheme(value):
         return []
-    weights = load_weights(value)
-    length = scheduler_length(checkpoint)
-    if length is not None:
-        weights_for(value, length)
+    weights = weights_for(value, scheduler_length(checkpoint))
     if weights.meta.get("dataset") == dataset and weights.meta.get("split") == split:
         return [
             f"WARNING: timestep_weights {value!r} were fitted on {dataset} split {split!r}, the split evaluated here: "
@@ -142,16 +139,6 @@ def check_timestep_weights(config: DiffclsConfig, family: str, checkpoint: Check
             "or another dataset for an honest number"
         ]
     return []
-
-
-def scheduler_length(checkpoint: Checkpoint) -> int | None:
-    """``num_train_timesteps`` of a local folder's scheduler config (``None`` when it cannot be read)."""
-    if not checkpoint.is_local:
-        return None
-    try:
-        return int(json.loads((Path(checkpoint.source) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
 
 
 def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool) -> None:

@@ -168,3 +168,13 @@ def check_safetensors(path: Path, allow_pickle: bool) -> None:
                 "convert them to safetensors, or allow them with 'allow_pickle: true' in the config "
                 "(DIFFCLS_CONFIG file, or diffcls eval --set allow_pickle=true) if you trust the source"
             )
+
+
+def scheduler_length(checkpoint: Checkpoint) -> int | None:
+    """``num_train_timesteps`` of a local folder's scheduler config (``None`` when it cannot be read)."""
+    if not checkpoint.is_local:
+        return None
+    try:
+        return int(json.loads((Path(checkpoint.source) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
