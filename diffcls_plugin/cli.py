@@ -283,6 +283,105 @@ def fit_weights_command(
     )
 
 
+@main.command("tune", context_settings=dict(show_default=True))
+@click.option("--pretrained", default="sd2-base", help="Zoo name, hub id or local diffusers folder.")
+@click.option("--dataset", required=True, help="A clip_benchmark classification dataset with labels (not the split you will report).")
+@click.option("--dataset-root", default="root", help="Dataset folder (clip_benchmark --dataset_root).")
+@click.option("--split", default="train", help="The labelled split to tune on (not the one you will report).")
+@click.option("--subset-per-class", type=int, default=20, help="Tune on this many images per class (0: the whole split).")
+@click.option("--subset-seed", type=int, default=0, help="Seed of the subset choice.")
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    default=("0.125",),
+    help="Most evaluations per image, as a fraction of baseline-32's (0.125 or 1/8); repeat or comma-separate for one pick per budget.",
+)
+@click.option("--sampler", "families", multiple=True, help="Choose only among these samplers (adaptive, hierarchical, ttest, race); default: all.")
+@click.option("--folds", type=int, default=5, help="K of the K-fold cross-validation.")
+@click.option("--weights/--no-weights", default=True, help="Also consider timestep weights fitted inside the folds.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Options file (loss, prompts, dtype ...); its sampler sections are replaced."
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one option, e.g. --set dtype=bf16.")
+@click.option("--seed", type=int, default=0, help="Noise seed (as the runs' --seed) and the folds' shuffle.")
+@click.option("--batch-size", type=int, default=32, help="Images per batch.")
+@click.option("--num-workers", type=int, default=2, help="Data loader workers.")
+@click.option("--workers", type=int, default=1, help="Processes replaying the configurations (CPU).")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The config file to write (YAML or JSON); several budgets write <stem>-<budget>.yaml.",
+)
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also draw accuracy against evaluations per image (PNG; needs matplotlib)."
+)
+def tune_command(
+    pretrained,
+    dataset,
+    dataset_root,
+    split,
+    subset_per_class,
+    subset_seed,
+    budgets,
+    families,
+    folds,
+    weights,
+    config_path,
+    overrides,
+    seed,
+    batch_size,
+    num_workers,
+    workers,
+    out_path,
+    plot_path,
+) -> None:
+    """Choose the sampler, its settings and timestep weights for your model and data, within a budget.
+
+    Costs baseline-32 on the labelled subset (every class, 32 timesteps per image), then chooses
+    by K-fold cross-validation and writes a DIFFCLS_CONFIG file with a `tuned:` record.
+
+    \b
+    Example:
+      diffcls tune --pretrained sd2-base --dataset cifar10 --dataset-root data/cifar10 \\
+          --split train --subset-per-class 20 --budget 1/8 --out tuned.yaml
+      DIFFCLS_CONFIG=tuned.yaml clip_benchmark eval --model <tuned.model> --dataset cifar10 ...
+    """
+    from diffcls_plugin.config import load_config
+    from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.workflows.benchmark import dataset_root as resolve_root
+    from diffcls_plugin.workflows.tune import parse_budgets, tune_on_dataset
+
+    try:
+        budgets = parse_budgets(budgets)
+        config = load_config(config_path, overrides)
+        subset = _subset(subset_per_class or None, None, subset_seed)
+        dataset_root = resolve_root(dataset, None if dataset_root == "root" else dataset_root)
+        tune_on_dataset(
+            pretrained,
+            dataset,
+            dataset_root,
+            split,
+            out=out_path,
+            budgets=budgets,
+            subset=subset,
+            families=families or None,
+            k=folds,
+            weights=weights,
+            config=config,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            workers=workers,
+            plot=plot_path,
+            echo=lambda text: click.echo(text, err=True),
+        )
+    except DiffclsError as err:
+        raise click.ClickException(str(err)) from None
+
+
 @main.command("demo")
 @click.option(
     "--out",

@@ -15,6 +15,7 @@ validated, whichever sampler runs::
     on_corrupt: skip         # a corrupt image in a webdataset shard: skip (named, counted) | stop
     prefilter: null          # or {model: RN50, pretrained: openai, top_k: 20}: CLIP keeps each image's top_k classes
     timestep_weights: null   # or a file from `diffcls fit-weights` (each error at t times w(t)); SD3: sigma_sqrt | cosmap
+    tuned: null              # written by `diffcls tune`: how this file was chosen (a record, not an option)
     baseline: {n_timesteps: 32, n_trials: 1}
     adaptive: {to_keep: [5, 1], n_samples: [50, 500], n_trials: 1}
     hierarchical: {n_timesteps: 32, n_noises: 1, beam_factor: 1.1, min_beam: 3, patience: null, direction: center-out}
@@ -31,16 +32,17 @@ variable; ``diffcls eval --config FILE --set KEY=VALUE`` takes the same file and
 from __future__ import annotations
 
 import functools
+import json
 import os
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from diffcls_plugin.errors import DiffclsError, did_you_mean
+from diffcls_plugin.errors import DiffclsError, did_you_mean, short
 from diffcls_plugin.jsonio import read_mapping
 from diffcls_plugin.prefilter import PrefilterOptions
-from diffcls_plugin.samplers import SAMPLERS, SamplerOptions
+from diffcls_plugin.samplers import SAMPLERS, SAMPLERS_BY_MODEL, SamplerOptions
 
 CONFIG_ENV = "DIFFCLS_CONFIG"
 LOSSES = ("l2", "l1", "huber")
@@ -85,6 +87,45 @@ def _sections(given: Mapping[str, SamplerOptions]) -> SamplerSections:
 
 
 @dataclass(frozen=True)
+class TunedRecord:
+    """The ``tuned:`` block ``diffcls tune`` writes: how a config file was chosen, on which data.
+
+    Not an option: no sampler reads it; the pre-run checks warn when a run evaluates the split it
+    was tuned on, or runs another model than the one it was tuned for.
+
+    Attributes:
+        model: the harness ``--model`` name the file was tuned for (e.g. ``diffusion-race``).
+        dataset, split: where it was tuned (``None`` when not recorded).
+        record: the whole block as canonical JSON (:meth:`to_dict` gives it back).
+    """
+
+    model: str
+    dataset: str | None = None
+    split: str | None = None
+    record: str = "{}"
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "") -> TunedRecord | None:
+        """The record of a config file's ``tuned:`` block (``None`` for ``null``).
+
+        Raises:
+            DiffclsError: a block that is not a mapping, or whose ``model`` is not a diffusion model name.
+        """
+        if data is None:
+            return None
+        data = _mapping(data, source, "tuned")
+        models = SAMPLERS_BY_MODEL.names()
+        model = data.get("model")
+        if model not in models:
+            raise DiffclsError(f"{_where(source)}tuned.model must name the diffusion model the file was tuned for ({', '.join(models)}), got {short(model)}")
+        dataset, split = data.get("dataset"), data.get("split")
+        return cls(model, None if dataset is None else str(dataset), None if split is None else str(split), json.dumps(data, sort_keys=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.record)
+
+
+@dataclass(frozen=True)
 class DiffclsConfig:
     """Every option of a diffusion-classifier run except the sampler name and the checkpoint.
 
@@ -120,6 +161,7 @@ class DiffclsConfig:
             ``diffcls fit-weights`` (:mod:`diffcls_plugin.weighting`, Jeong et al. 2025), or for
             flow-matching models one of SD3's loss weightings ``sigma_sqrt`` and ``cosmap``:
             every error at timestep ``t`` is multiplied by ``w(t)`` before any sampler sees it.
+        tuned: ``None``, or the :class:`TunedRecord` of a file ``diffcls tune`` wrote (not an option).
         samplers: every registered sampler's options by sampler name (``baseline``,
             ``adaptive``, ``hierarchical`` ...); samplers not given get their defaults.
     """
@@ -135,6 +177,7 @@ class DiffclsConfig:
     on_corrupt: str = "skip"
     prefilter: PrefilterOptions | None = None
     timestep_weights: str | None = None
+    tuned: TunedRecord | None = None
     samplers: SamplerSections = field(default_factory=lambda: _sections({}))
 
     def __getattr__(self, name: str) -> SamplerOptions:
@@ -148,21 +191,25 @@ class DiffclsConfig:
         for key, choices in (("loss", LOSSES), ("prompts", PROMPT_POLICIES), ("dtype", DTYPES), ("on_corrupt", ON_CORRUPT)):
             value = getattr(self, key)
             if value not in choices:
-                raise DiffclsError(f"{key} must be one of {', '.join(choices)}, got {value!r}.{did_you_mean(str(value), choices)}")
+                raise DiffclsError(
+                    f"{key} must be one of {', '.join(choices)}, got {short(value)}.{did_you_mean(value, choices) if isinstance(value, str) else ''}"
+                )
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8):
-            raise DiffclsError(f"image_size must be null or an integer >= 8, got {self.image_size!r}")
+            raise DiffclsError(f"image_size must be null or an integer >= 8, got {short(self.image_size)}")
 
         if isinstance(self.unet_batch_size, bool) or not isinstance(self.unet_batch_size, int) or self.unet_batch_size < 1:
-            raise DiffclsError(f"unet_batch_size must be a positive integer, got {self.unet_batch_size!r}")
+            raise DiffclsError(f"unet_batch_size must be a positive integer, got {short(self.unet_batch_size)}")
         for key in ("allow_pickle", "compile", "resume"):
             if not isinstance(getattr(self, key), bool):
-                raise DiffclsError(f"{key} must be true or false, got {getattr(self, key)!r}")
+                raise DiffclsError(f"{key} must be true or false, got {short(getattr(self, key))}")
         if self.prefilter is not None:
             if not isinstance(self.prefilter, PrefilterOptions):
                 raise DiffclsError(f"prefilter must be PrefilterOptions or null, got {self.prefilter!r}")
             self.prefilter.validate()
+        if self.tuned is not None and not isinstance(self.tuned, TunedRecord):
+            raise DiffclsError(f"tuned must be a TunedRecord or null, got {self.tuned!r}")
         if self.timestep_weights is not None and not isinstance(self.timestep_weights, (str, os.PathLike)):
-            raise DiffclsError(f"timestep_weights must be null, a scheme or the path of a weights file, got {self.timestep_weights!r}")
+            raise DiffclsError(f"timestep_weights must be null, a scheme or the path of a weights file, got {short(self.timestep_weights)}")
         for name in SAMPLERS:
             options = self.sampler_options(name)
             options.check_preset()
@@ -185,6 +232,8 @@ class DiffclsConfig:
         out: dict[str, Any] = {key: getattr(self, key) for key in _SCALAR_KEYS}
         if self.prefilter is not None:
             out["prefilter"] = self.prefilter.to_dict()
+        if self.tuned is not None:
+            out["tuned"] = self.tuned.to_dict()
         for name, options in self.samplers.items():
             out[name] = options.to_dict()
         return out
@@ -226,7 +275,7 @@ def _unknown_key(key: Any, known: typing.Iterable[str], source: str, prefix: str
 
 def _mapping(data: Any, source: str, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise DiffclsError(f"{_where(source)}{what} must be a mapping of keys to values, got {data!r}")
+        raise DiffclsError(f"{_where(source)}{what} must be a mapping of keys to values, got {short(data)}")
     return data
 
 
@@ -283,8 +332,9 @@ def _build_config(data: Any, source: str) -> DiffclsConfig:
         if key not in known:
             raise _unknown_key(key, known, source, "")
     hints = typing.get_type_hints(DiffclsConfig)
-    scalars = {key: _coerce(data[key], hints[key]) for key in _SCALAR_KEYS if key in data and key != "prefilter"}
+    scalars = {key: _coerce(data[key], hints[key]) for key in _SCALAR_KEYS if key in data and key not in ("prefilter", "tuned")}
     scalars["prefilter"] = PrefilterOptions.from_mapping(data.get("prefilter"), source)
+    scalars["tuned"] = TunedRecord.from_mapping(data.get("tuned"), source)
     sections = {name: build_sampler_options(SAMPLERS.get(name).options_cls, data[name], source) for name in SAMPLERS if name in data}
     return DiffclsConfig(**scalars, samplers=sections)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 
@@ -27,3 +28,13 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str], fix: str = 
     choices = sorted(choices)
     tail = f" {fix}" if fix else ""
     return DiffclsError(f"unknown {kind} {name!r}.{did_you_mean(name, choices)} Valid: {', '.join(choices)}.{tail}")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 80, 80
+
+
+def short(value: object) -> str:
+    """A user's value for an error message: ``repr``, cut to a few items per level and three levels
+    (a YAML alias nest under a key would otherwise expand into megabytes)."""
+    return _SHORT.repr(value)

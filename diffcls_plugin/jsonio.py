@@ -15,6 +15,27 @@ from typing import Any
 
 from diffcls_plugin.errors import DiffclsError
 
+MAX_BYTES = 1_000_000  # a config, reference or weights file is kilobytes; larger ones are refused before parsing
+MAX_ALIASES = 32  # YAML aliases: a few shared sections are fine; a "billion laughs" nest of them is not
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses more than :data:`MAX_ALIASES` aliases (each may stand for a
+    whole nest of others, and reporting the value would expand them all)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_ALIASES:
+                    raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); write the values out")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
 
 def read_mapping(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
     """Read a YAML or JSON file (by its suffix) into a mapping, with errors that name the file.
@@ -29,14 +50,15 @@ def read_mapping(path: str | os.PathLike, what: str = "config file") -> dict[str
     path = Path(path)
     if not path.is_file():
         raise DiffclsError(f"{what} {str(path)!r} does not exist; check the path")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise DiffclsError(f"{what} {str(path)!r} is {size:,} bytes, more than a {what} needs ({MAX_BYTES:,} at most); check the path")
     text = path.read_text()
     try:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _load_yaml(text)
     except Exception as err:  # noqa: BLE001 - any parse error is reported the same way
         raise DiffclsError(f"{what} {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
     return {} if data is None else data

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,33 @@ def code_fingerprint() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+# the code an error row depends on: the scorer (noise, loss, timesteps), the adapters (encoding,
+# noising, the UNet call) and the prompts; samplers, workflows and the CLI do not change an error
+ERROR_CODE = ("scoring.py", "adapters", "classifier/prompts.py")
+
+
+@lru_cache(maxsize=1)
+def error_code_fingerprint() -> str:
+    """SHA-256 of the sources an error row depends on (:data:`ERROR_CODE`): editing a sampler or
+    a workflow, or a new version number, keeps stored error tables; editing the scorer drops them."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for part in ERROR_CODE:
+        paths = sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]
+        for path in paths:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def error_rows_key(description: Mapping[str, Any], timesteps) -> str:
+    """The store key of a run's error rows (every class at each of ``timesteps``, one noise): the
+    run's description without its sampler and with :func:`error_code_fingerprint` for the code,
+    so a tune resumes across edits that cannot change an error."""
+    versions = {k: v for k, v in dict(description.get("versions", {})).items() if k != "diffcls-plugin"}
+    rest = {k: v for k, v in description.items() if k not in ("code", "versions", "sampler", "options", "timestep_weights", "prefilter")}
+    return run_key({**rest, "kind": "error-rows", "code": error_code_fingerprint(), "versions": versions, "timesteps": [int(t) for t in timesteps]})
 
 
 def run_key(description: Mapping[str, Any]) -> str:
@@ -153,11 +181,16 @@ class OutcomeStore:
                     n_unet_evals INTEGER NOT NULL, seconds REAL NOT NULL, written REAL NOT NULL,
                     PRIMARY KEY (run, image)
                 ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS error_rows (
+                    run TEXT NOT NULL, image TEXT NOT NULL,
+                    n_classes INTEGER NOT NULL, n_timesteps INTEGER NOT NULL, errors BLOB NOT NULL, written REAL NOT NULL,
+                    PRIMARY KEY (run, image)
+                ) WITHOUT ROWID;
                 """
             )
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             version = int(self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise DiffclsError(
                 f"cannot open the resume store {str(self.path)!r}: {err}; point $DIFFCLS_CACHE at a writable "
                 "local folder, or switch the store off with DIFFCLS_RESUME=0 (or 'resume: false')"
@@ -168,6 +201,17 @@ class OutcomeStore:
                 f"{SCHEMA_VERSION}; move it away or point $DIFFCLS_CACHE elsewhere"
             )
         self.journal_mode = mode
+        self.failed: str | None = None  # the first error of a read or write mid-run; the store is then off
+
+    def _fail(self, err: Exception) -> None:
+        """A read or write failed mid-run (a corrupt page, a full disk): say so once and go on without the store."""
+        if self.failed is None:
+            self.failed = f"{type(err).__name__}: {err}"
+            print(
+                f"diffcls: WARNING: the resume store {str(self.path)!r} failed ({self.failed}); the run goes on without it "
+                "(images finished from now on are not kept for a resume). Free disk space, or move the file away to start a fresh store",
+                file=sys.stderr,
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -180,7 +224,16 @@ class OutcomeStore:
         )
 
     def get_many(self, run: str, images: Iterable[str]) -> dict[str, Outcome]:
-        """The stored outcomes of ``images`` under ``run`` (missing images are absent)."""
+        """The stored outcomes of ``images`` under ``run`` (missing images are absent; none once the store failed)."""
+        if self.failed is not None:
+            return {}
+        try:
+            return self._get_many(run, images)
+        except sqlite3.Error as err:
+            self._fail(err)
+            return {}
+
+    def _get_many(self, run: str, images: Iterable[str]) -> dict[str, Outcome]:
         images = list(dict.fromkeys(images))
         out: dict[str, Outcome] = {}
         for start in range(0, len(images), 500):  # SQLite's bound-parameter limit
@@ -202,7 +255,15 @@ class OutcomeStore:
         return out
 
     def put(self, run: str, image: str, outcome: Outcome) -> None:
-        """Commit one image's outcome (one transaction; the first writer of a key wins)."""
+        """Commit one image's outcome (one transaction; the first writer of a key wins; nothing once the store failed)."""
+        if self.failed is not None:
+            return
+        try:
+            self._put(run, image, outcome)
+        except sqlite3.Error as err:
+            self._fail(err)
+
+    def _put(self, run: str, image: str, outcome: Outcome) -> None:
         r = outcome.result
         scores = [None if math.isnan(s) else s for s in r.scores]
         self._db.execute(
@@ -220,6 +281,52 @@ class OutcomeStore:
                 time.time(),
             ),
         )
+
+    def get_errors(self, run: str, images: Iterable[str]) -> dict[str, Any]:
+        """The stored error rows of ``images`` under ``run``: ``{image: (n_classes, n_timesteps) float64 tensor}``
+        (``diffcls tune`` and ``diffcls fit-weights``: every class at every timestep of the grid; missing images are absent)."""
+        if self.failed is not None:
+            return {}
+        try:
+            return self._get_errors(run, images)
+        except sqlite3.Error as err:
+            self._fail(err)
+            return {}
+
+    def _get_errors(self, run: str, images: Iterable[str]) -> dict[str, Any]:
+        import torch
+
+        images = list(dict.fromkeys(images))
+        out: dict[str, Any] = {}
+        for start in range(0, len(images), 500):
+            chunk = images[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT image, n_classes, n_timesteps, errors FROM error_rows WHERE run = ? AND image IN ({marks})",
+                (run, *chunk),
+            ).fetchall()
+            for image, n_classes, n_timesteps, blob in rows:
+                if len(blob) != 8 * n_classes * n_timesteps:
+                    continue  # a torn row: recomputed
+                out[image] = torch.frombuffer(bytearray(blob), dtype=torch.float64).reshape(n_classes, n_timesteps)
+        return out
+
+    def put_errors(self, run: str, image: str, errors) -> None:
+        """Commit one image's error row: (n_classes, n_timesteps) errors (one transaction; the first writer wins)."""
+        import torch
+
+        errors = torch.as_tensor(errors, dtype=torch.float64).contiguous()
+        if errors.ndim != 2:
+            raise DiffclsError(f"an error row is (n_classes, n_timesteps), got shape {tuple(errors.shape)}")
+        if self.failed is not None:
+            return
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO error_rows VALUES (?, ?, ?, ?, ?, ?)",
+                (run, image, int(errors.shape[0]), int(errors.shape[1]), errors.numpy().tobytes(), time.time()),
+            )
+        except sqlite3.Error as err:
+            self._fail(err)
 
     def count(self, run: str | None = None) -> int:
         """Stored outcomes (of one run, or all)."""

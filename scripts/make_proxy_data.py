@@ -27,6 +27,13 @@ webdatasets. Deterministic: every random degradation is seeded by the split and 
 - ``greek-upper-fonts``: the 24 capital Greek letters Α-Ω (``letters.GREEK_UPPER``) in the held-out
   families that cover them, clean: the data of the fifth held-out pair, built before the race's
   beam was chosen.
+- ``hebrew-noisy-fonts``: the 22 Hebrew letters א-ת (``letters.HEBREW``, final forms left out) in
+  the held-out families that cover them (9 validation, 8 test), each blurred (Gaussian, radius
+  0.7 px) and noised (Gaussian, sigma 24 of 255): the data of the held-out pair built for
+  ``diffcls tune`` (``TUNE_HOLDOUTS`` of ``bench/proxies.py``) before any of its settings was chosen.
+- ``hebrew-fonts``: the same Hebrew letters in the same held-out families, clean (no blur, no
+  noise): only to check the Hebrew model's validation accuracy without the degradation (not
+  kept, and not written by default: ``--only hebrew-fonts``).
 
 Usage (needs the fonts of ``scripts/letters.py`` for the letter sets)::
 
@@ -56,6 +63,7 @@ from diffcls_plugin.data.wds_writer import write_wds_classification  # noqa: E40
 OUT = REPO / "bench" / "proxies" / "data"
 SPLIT_SEED = {"val": 1, "test": 2}
 LETTER_FAMILIES = {"val": 10, "test": 12}
+HEBREW_BLUR, HEBREW_SIGMA = 0.7, 24.0  # hebrew-noisy-fonts' degradation
 
 
 def noise(image: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
@@ -85,10 +93,14 @@ def build(pair: str, split: str) -> tuple[list, np.ndarray, list[str], list[str]
         "greek-fonts": letters.GREEK,
         "cyrillic-upper-fonts": letters.CYRILLIC_UPPER,
         "greek-upper-fonts": letters.GREEK_UPPER,
+        "hebrew-noisy-fonts": letters.HEBREW,
+        "hebrew-fonts": letters.HEBREW,
     }.get(pair, letters)
     images, labels = task.load_split(split, max_families=LETTER_FAMILIES[split])
     if pair == "letters-fonts":
         images = [noise(im, 24.0, rng) for im in images]
+    elif pair == "hebrew-noisy-fonts":
+        images = [noise(im.filter(ImageFilter.GaussianBlur(HEBREW_BLUR)), HEBREW_SIGMA, rng) for im in images]
     return images, labels, task.CLASSNAMES, task.TEMPLATES
 
 
@@ -102,12 +114,14 @@ PAIRS = (
     "greek-fonts",
     "cyrillic-upper-fonts",
     "greek-upper-fonts",
+    "hebrew-noisy-fonts",
 )
+CHECKS = ("hebrew-fonts",)  # written only when asked for (--only)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=PAIRS, action="append")
+    parser.add_argument("--only", choices=PAIRS + CHECKS, action="append")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     for pair in args.only or PAIRS:

@@ -62,6 +62,7 @@ TASKS = {
     "greek": letters.GREEK,
     "cyrillic-upper": letters.CYRILLIC_UPPER,
     "greek-upper": letters.GREEK_UPPER,
+    "hebrew": letters.HEBREW,
 }
 
 
@@ -89,6 +90,7 @@ TASK_DATA = {
     "cyrillic": font_task_data("32 lowercase Cyrillic letters (а-я)", "а-я"),
     "cyrillic-upper": font_task_data("32 capital Cyrillic letters (А-Я)", "А-Я"),
     "greek-upper": font_task_data("24 capital Greek letters (Α-Ω)", "Α-Ω"),
+    "hebrew": font_task_data("22 Hebrew letters (א-ת, final forms left out)", "א-ת"),
 }
 task = digits  # the task being trained (set from --task in main)
 
@@ -388,7 +390,7 @@ def parse_args(argv=None):
         "--task",
         choices=sorted(TASKS),
         default="digits",
-        help="digits (sklearn), letters, lowercase, cyrillic, greek, cyrillic-upper or greek-upper (font renders, scripts/letters.py)",
+        help="digits (sklearn), letters, lowercase, cyrillic, greek, cyrillic-upper, greek-upper or hebrew (font renders, scripts/letters.py)",
     )
     p.add_argument("--name", default=None, help="model name recorded in TRAINING.json (default tiny-<task>)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything, and of the data split")

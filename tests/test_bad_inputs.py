@@ -210,3 +210,32 @@ def test_image_size_must_suit_the_vae(monkeypatch, tmp_path, tiny_sd, wds):
     text, loaded = run_harness(common(tiny_sd, wds, tmp_path / "r.json"), monkeypatch)
     assert_one_line(text, r"image_size 17 must be a multiple of the VAE's downsampling factor 2 for --pretrained '.*tiny-sd'; use 16 or 18")
     assert loaded == []
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-4"])
+def test_a_batch_size_below_one_is_refused_before_weights_load(monkeypatch, tmp_path, tiny_sd, wds, batch_size):
+    text, loaded = run_harness([*common(tiny_sd, wds, tmp_path / "r.json"), "--batch_size", batch_size], monkeypatch)
+    assert_one_line(text, rf"--batch_size must be a positive integer \(images per harness batch\), got {batch_size}")
+    assert loaded == []
+
+
+def test_a_list_valued_pipeline_class_is_named(monkeypatch, tmp_path, tiny_sd, wds):
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": ["StableDiffusionPipeline"]}))
+    text, loaded = run_harness([*common(folder, wds, tmp_path / "r.json")], monkeypatch)
+    assert_one_line(text, r"model_index.json's _class_name must be a pipeline class name such as 'StableDiffusionPipeline', got \['StableDiffusionPipeline'\]")
+    assert loaded == []
+
+
+def test_an_empty_split_is_refused_before_weights_load(monkeypatch, tmp_path, tiny_sd):
+    from diffcls_plugin.data.wds_writer import write_wds_classification
+
+    root = write_wds_classification(tmp_path / "ds", [], [], CLASSNAMES, TEMPLATES, n_shards=1)
+    text, loaded = run_harness(common(tiny_sd, root, tmp_path / "r.json"), monkeypatch)
+    assert_one_line(text, r"/test has no labelled images; check --split and --dataset_root")
+    assert loaded == []

@@ -135,6 +135,7 @@ def test_sampler_sections_build_compare_and_replace_like_fields():
         "on_corrupt",
         "prefilter",
         "timestep_weights",
+        "tuned",
         "baseline",
         "adaptive",
         "hierarchical",
@@ -164,3 +165,21 @@ def test_a_config_that_sets_a_removed_sampler_option_is_told_so():
         config_from_dict({"race": {"screen": 0.5}}, "my.yaml")
     with pytest.raises(DiffclsError, match=r"unknown key 'race\.alpah'\. Did you mean 'race\.alpha'\?"):
         config_from_dict({"race": {"alpah": 0.1}}, "my.yaml")  # an option that never existed is an ordinary unknown key
+
+
+def test_a_yaml_alias_bomb_and_a_huge_file_are_refused_before_they_expand(tmp_path):
+    levels = ["&a [x,x,x,x,x,x,x,x,x]"] + [f"&{b} [{','.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"loss: [{', '.join(levels)}]\n")  # 9^8 strings once expanded, under a valid key
+    assert bomb.stat().st_size < 400
+    with pytest.raises(DiffclsError, match=r"is not valid YAML: more than 32 aliases"):
+        load_config(bomb)
+    nest = tmp_path / "nest.yaml"
+    nest.write_text("loss: [&a [x,x,x], &b [*a,*a,*a], &c [*b,*b,*b]]\n")
+    with pytest.raises(DiffclsError) as err:
+        load_config(nest)
+    assert "loss must be one of l2, l1, huber, got [[" in str(err.value) and len(str(err.value)) < 400  # the value is cut short
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * 2_000_000 + "\nloss: l1\n")
+    with pytest.raises(DiffclsError, match=r"is 2,000,\d+ bytes, more than a config file needs"):
+        load_config(huge)

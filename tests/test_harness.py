@@ -289,3 +289,18 @@ def test_diffcls_eval_passes_the_same_options(tmp_path, tiny_sd, tiny_wds):
     assert block["config"]["loss"] == "l1"
     bad = CliRunner().invoke(main, ["eval", "--set", "hierarchical.beam_factr=3"])
     assert bad.exit_code == 2 and "Did you mean 'hierarchical.beam_factor'" in bad.output
+
+
+def test_a_torn_result_file_is_made_again_even_with_skip_existing(tmp_path, tiny_sd, tiny_wds):
+    """A run killed while the harness wrote its JSON left a 0-byte file that --skip_existing kept."""
+    root, _, _ = tiny_wds
+    out = tmp_path / "r.json"
+    out.write_text("")
+    run = harness_eval("diffusion-baseline", tiny_sd, "wds/tiny", root, out, "--skip_existing", "--num_workers", "0", "--batch_size", "12")
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert "is not a whole result" in run.stderr
+    result = json.loads(out.read_text())
+    assert "acc1" in result["metrics"] and result["diffcls"]["n_images"] == 12
+    again = harness_eval("diffusion-baseline", tiny_sd, "wds/tiny", root, out, "--skip_existing", "--num_workers", "0", "--batch_size", "12")
+    assert again.returncode == 0 and "is not a whole result" not in again.stderr
+    assert json.loads(out.read_text()) == result  # a whole result is kept, as the harness keeps it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,21 @@ def test_markdown_matches_the_golden_table():
     assert result.output == (FIXTURES / "leaderboard.md").read_text()
 
 
+def test_two_runs_of_one_row_are_refused_instead_of_the_last_argument_winning(tmp_path):
+    import json
+
+    data = json.loads((RESULTS / "digits_hier_b4.json").read_text())
+    data["diffcls"].update(n_images=360, seed=1)
+    other = tmp_path / "again.json"
+    other.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["table", str(RESULTS), str(other)])
+    assert result.exit_code != 0
+    assert "two results for 'diffusion-hier b=4 tiny-digits' on wds/digits" in result.output
+    assert "50 images" in result.output and "360 images" in result.output
+    same = CliRunner().invoke(main, ["table", str(RESULTS), str(RESULTS / "digits_hier_b4.json")])  # one file named twice is one result
+    assert same.exit_code == 0, same.output
+
+
 def test_rows_are_grouped_by_checkpoint_with_the_baseline_first_and_clip_last():
     table = build_table(read_results([RESULTS]))
     assert table.rows == [
@@ -34,8 +50,11 @@ def test_rows_are_grouped_by_checkpoint_with_the_baseline_first_and_clip_last():
         "diffusion-hier b=4 tiny-digits",
         "RN50 openai",
     ]
-    cell = table.cells[("diffusion-hier tiny-digits", "wds/digits")]
-    assert cell.speedup == pytest.approx(0.40 / 0.05) and cell.eval_ratio == pytest.approx(320 / 17.4)
+    cell = table.cells[("diffusion-hier b=4 tiny-digits", "wds/digits")]
+    assert cell.speedup == pytest.approx(0.40 / 0.04) and cell.eval_ratio == pytest.approx(320 / 12.5)
+    # the other hier row ran on 400 images, the baseline on 50: another run, so no speed-up against it
+    other = table.cells[("diffusion-hier tiny-digits", "wds/digits")]
+    assert other.speedup is None and other.eval_ratio is None
     assert table.cells[("RN50 openai", "wds/digits")].speedup is None
 
 
@@ -74,3 +93,22 @@ def test_bad_inputs(tmp_path):
         read_results([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])
     with pytest.raises(DiffclsError, match="unknown table format"):
         render(build_table(read_results([RESULTS])), "html")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metrics": {"acc1": "0.98"}}, r"metric 'acc1' must be a number, got '0.98'"),
+        ({"metrics": None}, r"'metrics' must be a mapping of metric names to numbers, got NoneType"),
+        ({"diffcls": [1, 2]}, r"the 'diffcls' block must be a mapping, got list"),
+    ],
+)
+def test_a_damaged_result_is_named_not_a_traceback(tmp_path, change, message):
+    import json
+
+    data = {**json.loads((RESULTS / "digits_hier_b4.json").read_text()), **change}
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    for command in (["table", str(tmp_path)], ["check", str(tmp_path), "--reference", str(tmp_path / "none.json")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit), result.output
+        assert re.search(message, result.output), result.output

@@ -243,3 +243,27 @@ def test_the_committed_ci_smoke_reference_is_the_setup_a_run_of_today_records():
         samplers.add(setup["sampler"])
     assert {"race", "hierarchical"} <= samplers
     assert {"n_noises", "max_slots", "screen"} <= set(next(e for e in reference["entries"] if e["setup"]["sampler"] == "race")["setup"]["options"])
+
+
+@pytest.mark.parametrize(
+    ("top", "rule", "named"),
+    [
+        ({}, {"abs": math.nan}, "tolerance acc1.abs"),
+        ({}, {"rel": -0.1}, "tolerance acc1.rel"),
+        ({}, {"binomial": math.inf}, "tolerance acc1.binomial"),
+        ({}, {"abs": "Infinity"}, "tolerance acc1.abs"),
+        ({"z": math.nan}, None, "reference z"),
+    ],
+)
+def test_a_tolerance_that_is_not_a_finite_number_is_refused_instead_of_passing_everything(tmp_path, top, rule, named):
+    """NaN compares false with everything: a NaN tolerance (or z) passed a drop from 0.98 to 0.50."""
+    ref = tmp_path / "ref.json"
+    entry = {"label": "diffusion-hier tiny-digits", "dataset": "wds/digits", "n_images": 400, "metrics": {"acc1": 0.99}}
+    ref.write_text(json.dumps({**top, **({"tolerances": {"acc1": rule}} if rule else {}), "entries": [entry]}))
+    only = tmp_path / "r"
+    only.mkdir()
+    shutil.copy(RESULTS / "digits_hier.json", only)
+    result = CliRunner().invoke(main, ["check", str(only), "--reference", str(ref)])
+    assert result.exit_code == 1
+    assert f"{named} must be a finite number >= 0" in result.output, result.output
+    assert "0 failed" not in result.output

@@ -190,3 +190,44 @@ def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path
     assert b["diffcls"]["computed"]["n_images"] == len(images)
     assert a["diffcls"]["unet_evals_per_image"] == b["diffcls"]["unet_evals_per_image"]  # the cost of the result
     assert a["diffcls"]["store"]["run_key"] == b["diffcls"]["store"]["run_key"]
+
+
+def test_a_store_that_fails_mid_run_warns_once_and_the_run_goes_on(tmp_path, capsys):
+    """A full disk or a corrupt page mid-run used to end the run with a traceback."""
+    store = OutcomeStore(tmp_path / "s.sqlite")
+    store.put("run", "a", outcome(1))
+
+    class Full:
+        def execute(self, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    store._db = Full()
+    store.put("run", "b", outcome(2))  # no exception
+    store.put_errors("run", "b", torch.zeros(2, 3))
+    assert store.get_many("run", ["a", "b"]) == {} and store.get_errors("run", ["a"]) == {}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING: the resume store" in line]
+    assert len(warnings) == 1 and "database or disk is full" in warnings[0] and "goes on without it" in warnings[0]
+
+
+def test_a_cache_path_that_is_a_file_is_a_clear_error(tmp_path):
+    import pytest
+
+    from diffcls_plugin.errors import DiffclsError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(DiffclsError, match=r"cannot open the resume store .*point \$DIFFCLS_CACHE at a writable"):
+        OutcomeStore(blocker / "outcomes.sqlite")
+
+
+def test_error_rows_outlive_edits_that_cannot_change_an_error():
+    """A tune's table is kept across a new version or a sampler edit, not across another seed or grid."""
+    from diffcls_plugin.store import error_rows_key
+
+    description = {"code": "a", "versions": {"diffcls-plugin": "0.2.0", "torch": "2.14.1"}, "sampler": "baseline", "options": {"n_timesteps": 32}, "seed": 0}
+    key = error_rows_key(description, [15, 46])
+    edited = {**description, "code": "b", "versions": {"diffcls-plugin": "0.3.0", "torch": "2.14.1"}, "options": {"n_timesteps": 8}}
+    assert error_rows_key(edited, [15, 46]) == key
+    assert error_rows_key({**description, "seed": 1}, [15, 46]) != key
+    assert error_rows_key(description, [15, 47]) != key
+    assert error_rows_key({**description, "versions": {"diffcls-plugin": "0.2.0", "torch": "2.15.0"}}, [15, 46]) != key

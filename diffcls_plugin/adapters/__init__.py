@@ -69,6 +69,8 @@ def family_of(checkpoint, cache_dir: str | None = None) -> str:
     name = pipeline_class(checkpoint, cache_dir)
     if name is None:
         return getattr(checkpoint, "family", None) or "sd"
+    if not isinstance(name, str):
+        raise DiffclsError(f"--pretrained {checkpoint.name!r}: model_index.json's _class_name must be a pipeline class name, got {name!r}; fix the file")
     if name not in PIPELINE_FAMILIES:
         raise DiffclsError(f"--pretrained {checkpoint.name!r} is a {name} checkpoint; diffusion classifiers support {SUPPORTED}")
     return PIPELINE_FAMILIES[name]

@@ -20,6 +20,19 @@ def class_prompts(classnames: Sequence[str], templates: Sequence[str] | dict[str
     ``templates`` is a list of ``"... {c} ..."`` strings, or a dict from class name to its own
     prompts (CuPL), possibly of unequal lengths.
     """
+    seen: dict[str, int] = {}
+    for c, name in enumerate(classnames):
+        if name in seen:
+            raise DiffclsError(
+                f"classes {seen[name]} and {c} have the same name {name!r}: they would score as one class; make the class names distinct (classnames file)"
+            )
+        seen[name] = c
+    if isinstance(templates, (list, tuple)):
+        for template in templates:
+            if "{c}" not in str(template):
+                raise DiffclsError(
+                    f"the template {template!r} has no '{{c}}': every class would get the same prompt from it; put '{{c}}' where the class name goes"
+                )
     prompts = []
     for name in classnames:
         if isinstance(templates, dict):
@@ -109,4 +122,21 @@ def embed_classes(adapter, prompts: list[list[str]], policy: str) -> ClassCondit
                 "diffcls: 'prompts: all' scores every prompt: %.1f UNet evaluations per sampler evaluation",
                 sum(counts) / len(counts),
             )
+    check_distinct(prompts, embeds, rows)
     return ClassConditions(prompts, embeds, rows)
+
+
+def check_distinct(prompts: list[list[str]], embeds: torch.Tensor, rows: list[list[int]]) -> None:
+    """Two classes conditioned on the same embeddings (prompts equal after the tokenizer's length
+    limit) score as one class: refuse them by name before any UNet evaluation."""
+    seen: dict[bytes, int] = {}
+    for c, class_rows in enumerate(rows):
+        key = b"".join(embeds[r].detach().cpu().float().contiguous().numpy().tobytes() for r in class_rows)  # float: exact for fp16 and bf16
+        if key in seen:
+            other = seen[key]
+            raise DiffclsError(
+                f"classes {other} ({prompts[other][0]!r}) and {c} ({prompts[c][0]!r}) get the same text condition "
+                "(their prompts are equal once the text encoder's token limit cuts them): they would score as one class; "
+                "shorten the templates or the class names so that the names come first"
+            )
+        seen[key] = c

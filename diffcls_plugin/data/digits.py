@@ -41,7 +41,8 @@ IMAGE_SIZE = 32
 N_SHARDS = 4
 CACHE_ENV = "DIFFCLS_CACHE"
 _COMPLETE = ".complete"  # written last: its presence (with the right content) marks a whole dataset
-_WDS_NAMES = {"classnames.txt", "zeroshot_classification_templates.txt", "test", _COMPLETE}
+WDS_SPLITS = ("test", "val")  # the splits of the embedded webdataset; the model trained on the others
+_WDS_NAMES = {"classnames.txt", "zeroshot_classification_templates.txt", *WDS_SPLITS, _COMPLETE}
 
 
 @lru_cache(maxsize=1)
@@ -101,10 +102,10 @@ def default_cache_dir() -> Path:
 
 def _fingerprint(seed: int) -> str:
     """What a written dataset must match to be reused: the layout version, classes, templates, split."""
-    idx = split_indices(seed)["test"]
-    spec = {"version": 1, "classnames": CLASSNAMES, "templates": TEMPLATES, "seed": seed, "n_shards": N_SHARDS}
+    spec = {"version": 2, "classnames": CLASSNAMES, "templates": TEMPLATES, "seed": seed, "n_shards": N_SHARDS, "splits": list(WDS_SPLITS)}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    digest.update(idx.astype(np.int64).tobytes())
+    for split in WDS_SPLITS:
+        digest.update(split_indices(seed)[split].astype(np.int64).tobytes())
     return digest.hexdigest()
 
 
@@ -114,7 +115,10 @@ def _is_complete(root: Path, fingerprint: str) -> bool:
 
 
 def ensure_digits_wds(root: str | os.PathLike | None = None, *, seed: int = 0) -> Path:
-    """Write the TEST split as a CLIP_benchmark webdataset (``--dataset wds/digits``) unless it is there.
+    """Write the test and validation splits as a CLIP_benchmark webdataset (``--dataset wds/digits``) unless they are there.
+
+    The ``test`` split is the held-out digits the demo reports; ``val`` (216 images) is for
+    choosing settings (``diffcls tune --split val``, ``diffcls fit-weights --split val``).
 
     The dataset is written to a temporary sibling folder and renamed into place, so a crash never
     leaves half a dataset at ``root``; a ``.complete`` marker holding a fingerprint of the
@@ -143,8 +147,9 @@ def ensure_digits_wds(root: str | os.PathLike | None = None, *, seed: int = 0) -
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        images, labels = load_split("test", seed)
-        write_wds_classification(tmp, images, labels, CLASSNAMES, TEMPLATES, split="test", n_shards=N_SHARDS)
+        for split in WDS_SPLITS:
+            images, labels = load_split(split, seed)
+            write_wds_classification(tmp, images, labels, CLASSNAMES, TEMPLATES, split=split, n_shards=N_SHARDS)
         (tmp / _COMPLETE).write_text(fingerprint + "\n")
         if root.exists():
             if _is_complete(root, fingerprint):  # another process finished first

@@ -63,6 +63,23 @@ def subset_of(dataset, name: str, root: str, split: str, transform, spec: Subset
     return subset, idx
 
 
+def _cheap_labels(name: str, root, split: str, built, spec: SubsetSpec | None) -> list[int] | None:
+    """The labels of a built dataset when they can be read without decoding its images, else ``None``."""
+    if is_local_wds(name, root) and n_shards(root, split) is not None:
+        shards, ids, labels = wds_members(Path(root), split)
+        if spec is None:
+            return list(labels)
+        order = sorted(range(len(ids)), key=lambda i: (ids[i][1], ids[i][0]))  # wds_subset's order
+        ordered = [labels[i] for i in order]
+        return [ordered[i] for i in select(ordered, spec)]
+    base = built.dataset if hasattr(built, "indices") and hasattr(built, "dataset") else built  # a Subset
+    for attr in ("targets", "labels", "_labels"):
+        labels = getattr(base, attr, None)
+        if labels is not None and len(labels) == len(base):
+            return [int(labels[i]) for i in built.indices] if base is not built else [int(y) for y in labels]
+    return None
+
+
 def wrap_build_dataset(build_dataset):
     """The harness's ``build_dataset``, which for a diffusion run or a subset reads local
     webdatasets itself, takes the session's subset and records the images it holds."""
@@ -100,11 +117,13 @@ def wrap_build_dataset(build_dataset):
     return build
 
 
-def labelled_dataset(dataset: str, root: str, split: str, transform, subset: SubsetSpec | None = None):
-    """A harness classification dataset with ``transform``, through the harness's own builder (and
-    the plugin's subset choice): ``(dataset, classnames, templates)``, checked as a run checks it."""
-    from clip_benchmark.datasets import builder
+def check_labelled(dataset: str, root: str, split: str) -> None:
+    """Before any weights load: ``dataset`` must be a classification dataset whose ``split`` the
+    harness can build from ``root`` (as a run checks it).
 
+    Raises:
+        DiffclsError: naming the dataset, the split and the fix.
+    """
     args = argparse.Namespace(
         dataset=dataset,
         dataset_root=root,
@@ -118,11 +137,25 @@ def labelled_dataset(dataset: str, root: str, split: str, transform, subset: Sub
     )
     task = task_of(args)
     if task != "zeroshot_classification":
-        raise DiffclsError(f"dataset {dataset!r} runs {task!r}; timestep weights are fitted on a classification dataset")
+        raise DiffclsError(f"dataset {dataset!r} runs {task!r}; tuning and timestep weights need a labelled classification dataset")
     check_dataset(args, task)
+
+
+def labelled_dataset(dataset: str, root: str, split: str, transform, subset: SubsetSpec | None = None, info: dict | None = None):
+    """A harness classification dataset with ``transform``, through the harness's own builder (and
+    the plugin's subset choice): ``(dataset, classnames, templates)``, checked as a run checks it.
+    ``info``, if given, is filled with ``n_images`` (when known), ``subset`` (the subset's
+    description with its indices' SHA-256) and ``labels`` (when they can be read without decoding images)."""
+    from clip_benchmark.datasets import builder
+
+    check_labelled(dataset, root, split)
     root = dataset_root(root, dataset)
-    with session(subset=subset):
-        built = wrap_build_dataset(builder.build_dataset)(dataset, root, transform, split, download=True, task=task)
+    record = RunRecord(model="", dataset=dataset)
+    with session(subset=subset) as current:
+        current.record = record
+        built = wrap_build_dataset(builder.build_dataset)(dataset, root, transform, split, download=True, task="zeroshot_classification")
+    if info is not None:
+        info.update(n_images=record.n_images, subset=record.subset, labels=_cheap_labels(dataset, root, split, built, subset))
     classes = class_names(getattr(built, "classes", None))
     templates = [t for t in (getattr(built, "templates", None) or ["a photo of a {c}."]) if str(t).strip()]
     return built, classes, templates

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
+import sys
 from typing import Any
 
 from diffcls_plugin import distributed
@@ -189,6 +191,11 @@ def run_diffusion(original_run, args, current: Session, record: RunRecord):
         raise SystemExit(f"diffcls: error: {err}") from None
     ctx = checked.context
     output = record.output = ctx.output
+    if rank == 0 and os.path.exists(output) and not whole_result(output):
+        # a run killed while the harness wrote its result leaves an empty or partial file, which
+        # --skip_existing would keep forever: it is not a result, so the run makes it again
+        print(f"diffcls: {output} is not a whole result (an interrupted run's?); running again to replace it", file=sys.stderr)
+        os.remove(output)
     existed = os.path.exists(output)
     if world_size > 1:
         # every rank runs the evaluation (sharing out each batch's images); only rank 0 writes
@@ -214,6 +221,16 @@ def run_diffusion(original_run, args, current: Session, record: RunRecord):
             block["n_images_skipped"] = record.n_images_expected - ctx.model.n_images
         add_result_block(output, {**block, **current.extra})
     return status
+
+
+def whole_result(path: str) -> bool:
+    """Whether ``path`` holds a diffusion run's whole result: a JSON object with ``metrics`` and the ``diffcls`` block."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("metrics"), dict) and isinstance(data.get("diffcls"), dict)
 
 
 def join_torchrun(args) -> tuple[int, int]:

@@ -64,6 +64,9 @@ def preflight(args) -> Preflight:
         DiffclsError: the first problem found, naming the input and the fix.
     """
     SAMPLERS_BY_MODEL.get(args.model)
+    batch_size = getattr(args, "batch_size", 1)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DiffclsError(f"--batch_size must be a positive integer (images per harness batch), got {batch_size!r}; e.g. --batch_size 64")
     task = task_of(args)
     if task != "zeroshot_classification":
         raise DiffclsError(
@@ -107,6 +110,7 @@ def preflight(args) -> Preflight:
     family = family_of(checkpoint)  # an unsupported pipeline class (Flux, DiT ...) is refused here
     check_image_size(checkpoint, config.image_size)
     notes += check_timestep_weights(config, family, checkpoint, args.dataset, args.split)
+    notes += check_tuned(config, args.model, args.dataset, args.split)
     adjusted = copy.copy(args)
     for name, value in changes.items():
         setattr(adjusted, name, value)
@@ -139,6 +143,23 @@ def check_timestep_weights(config: DiffclsConfig, family: str, checkpoint: Check
             "or another dataset for an honest number"
         ]
     return []
+
+
+def check_tuned(config: DiffclsConfig, model: str, dataset: str, split: str) -> list[str]:
+    """Warnings for a config written by ``diffcls tune``: a run on the split it was tuned on (its
+    number is not a held-out one), or with another model than the one it was tuned for."""
+    tuned = config.tuned
+    if tuned is None:
+        return []
+    notes = []
+    if tuned.dataset == dataset and tuned.split == split:
+        notes.append(
+            f"WARNING: this config was tuned (`diffcls tune`) on {dataset} split {split!r}, the split evaluated here: "
+            "the result is measured on the images it was chosen on. Evaluate another split for an honest number"
+        )
+    if tuned.model != model:
+        notes.append(f"this config was tuned for --model {tuned.model}; --model {model} runs its own section of the file, which was not tuned")
+    return notes
 
 
 def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool) -> None:
@@ -250,6 +271,9 @@ def check_dataset(args, task: str) -> None:
                 labels = [int(y) for y in values]
                 break
     if labels is not None:
+        if not labels:
+            split_where = f"{root}/{args.split}" if local_wds else f"--dataset {args.dataset} split {args.split!r}"
+            raise DiffclsError(f"{split_where} has no labelled images; check --split and --dataset_root (each sample needs its .cls label)")
         check_labels(labels, len(classes), where)
 
 

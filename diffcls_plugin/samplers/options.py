@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, NamedTuple
 
-from diffcls_plugin.errors import DiffclsError, unknown_name_error
+from diffcls_plugin.errors import DiffclsError, short, unknown_name_error
 
 
 class Removed(NamedTuple):
@@ -49,7 +49,7 @@ class SamplerOptions:
     def _check_int(self, key: str, minimum: int, maximum: int | None = None) -> None:
         value = getattr(self, key)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(key, f"must be an integer, got {value!r}")
+            raise self._fail(key, f"must be an integer, got {short(value)}")
         if value < minimum or (maximum is not None and value > maximum):
             bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
             raise self._fail(key, f"must be {bound}, got {value}")

@@ -12,14 +12,24 @@ K-fold check of that choice. ``bench/suite.py`` makes the shipped defaults with 
 from __future__ import annotations
 
 from diffcls_plugin.tuning.candidates import FAMILIES, REFERENCE, blocks, candidate_key, candidates, runnable
+from diffcls_plugin.tuning.crossval import SUBGRIDS, WEIGHTED, Config, Pick, TuneResult, check_budgets, check_labels, tune_table
 from diffcls_plugin.tuning.evaluate import Outcome, SamplerFn, evaluate, evaluate_all
 from diffcls_plugin.tuning.folds import Fold, folds
 from diffcls_plugin.tuning.rule import BUDGETS, Scored, Standing, Z, best_within, choose, gap_bound, ratio, standings
-from diffcls_plugin.tuning.stats import as_correct, discordant, mcnemar_p, paired_gap, paired_se
+from diffcls_plugin.tuning.stats import as_correct, discordant, mcnemar_p, paired_gap, paired_se, wilson_interval
 from diffcls_plugin.tuning.table import ErrorSource, ErrorTable
 
 __all__ = [
     "BUDGETS",
+    "Config",
+    "Pick",
+    "SUBGRIDS",
+    "TuneResult",
+    "WEIGHTED",
+    "check_budgets",
+    "check_labels",
+    "tune_table",
+    "wilson_interval",
     "ErrorSource",
     "ErrorTable",
     "FAMILIES",

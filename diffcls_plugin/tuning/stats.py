@@ -89,3 +89,21 @@ def mcnemar_p(a: Correctness, b: Correctness) -> float:
 
     n_a, n_b = discordant(a, b)
     return 1.0 if n_a + n_b == 0 else float(binomtest(n_b, n_a + n_b, 0.5).pvalue)
+
+
+def wilson_interval(n_right: int, n_images: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy (95 % for ``z = 1.96``).
+
+    Args:
+        n_right: images right.
+        n_images: images, > 0.
+
+    Returns:
+        ``(low, high)``, fractions in [0, 1].
+    """
+    if n_images <= 0:
+        raise DiffclsError(f"an accuracy interval needs at least one image, got {n_images}")
+    p = n_right / n_images
+    centre = (p + z * z / (2 * n_images)) / (1 + z * z / n_images)
+    half = z * math.sqrt(p * (1 - p) / n_images + z * z / (4 * n_images * n_images)) / (1 + z * z / n_images)
+    return max(0.0, centre - half), min(1.0, centre + half)

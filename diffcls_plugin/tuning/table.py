@@ -87,6 +87,10 @@ class ErrorTable:
             raise DiffclsError(f"no error for (image, class, timestep) = {(i, c, timesteps[j])}: fill every class of every image at each timestep")
         return cls(table, timesteps)
 
+    def tensor(self) -> torch.Tensor:
+        """The errors, (n_images, n_classes, n_timesteps) float64, columns in :attr:`timesteps` order."""
+        return torch.tensor(self._errors, dtype=torch.float64).reshape(self.n_images, self.n_classes, len(self.timesteps))
+
     def subset(self, image_idx: Sequence[int]) -> ErrorTable:
         """The table of some of the images (a fold), renumbered ``0 .. len(image_idx) - 1`` in that order."""
         return ErrorTable(torch.tensor([self._errors[i] for i in image_idx], dtype=torch.float64).reshape(len(image_idx), self.n_classes, -1), self.timesteps)

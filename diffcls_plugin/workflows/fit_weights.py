@@ -15,13 +15,20 @@ from diffcls_plugin.samplers import BaselineOptions, li_timesteps
 from diffcls_plugin.weighting import METHODS, TimestepWeights, fit_weights
 
 
-def collect_errors(model, loader, progress: bool = True):
+def collect_errors(model, loader, progress: bool = True, counts: dict | None = None, total: int | None = None):
     """Every class's error at every timestep of the baseline grid, for each image of ``loader``.
+
+    When the model has a resume store (``model.store``), each image's errors are committed to it
+    the moment they are computed and an image already there is read back instead (an interrupted
+    ``diffcls tune`` resumes; the same pixels get the same noises, so the values are the same).
 
     Args:
         model: a ``diffusion-baseline`` :class:`~diffcls_plugin.classifier.DiffusionClassifier`,
             prepared with the dataset's classes, without timestep weights.
         loader: batches of ``(pixels, labels)`` from ``model.transform``.
+        progress: show a progress bar.
+        counts: if given, filled with ``computed`` and ``from_store`` image counts.
+        total: images expected (the progress bar's total), if known.
 
     Returns:
         ``(errors, labels, timesteps)``: (N, C, T) float64 errors, (N,) labels, (T,) timesteps.
@@ -29,22 +36,46 @@ def collect_errors(model, loader, progress: bool = True):
     import torch
     from tqdm.auto import tqdm
 
+    from diffcls_plugin.store import error_rows_key, image_key
+
     if model.timestep_weights is not None:
         raise DiffclsError("collect the errors without timestep weights (set timestep_weights: null)")
     grid = li_timesteps(model.adapter.num_train_timesteps, model.options.n_timesteps)
     n_classes = model.n_classes
+    store = model.store
+    run = error_rows_key(model.run_description(), grid) if store is not None else None
     errors, labels = [], []
-    bar = tqdm(desc="fit-weights: images", unit="img", disable=not progress)
+    done = {"computed": 0, "from_store": 0}
+    bar = tqdm(desc="errors: images", unit="img", total=total, disable=not progress, dynamic_ncols=True)
     for pixels, targets in loader:
-        scorer = model.scorer(pixels)  # the adapter moves the pixels to its device
-        triples = [(i, c, t, 0) for i in range(len(pixels)) for c in range(n_classes) for t in grid]
-        values = scorer(*map(list, zip(*triples)))
-        errors.append(torch.tensor(values, dtype=torch.float64).view(len(pixels), n_classes, len(grid)))
+        keys = [image_key(p) for p in pixels] if store is not None else []
+        stored = store.get_errors(run, keys) if store is not None else {}
+        stored = {k: v for k, v in stored.items() if tuple(v.shape) == (n_classes, len(grid))}
+        batch = torch.empty(len(pixels), n_classes, len(grid), dtype=torch.float64)  # (B, C, T)
+        missing = [i for i in range(len(pixels)) if store is None or keys[i] not in stored]
+        for i in range(len(pixels)):
+            if i not in missing:
+                batch[i] = stored[keys[i]]
+        if missing:
+            scorer = model.scorer(pixels[missing])  # the adapter moves the pixels to its device
+            triples = [(j, c, t, 0) for j in range(len(missing)) for c in range(n_classes) for t in grid]
+            values = torch.tensor(scorer(*map(list, zip(*triples))), dtype=torch.float64).view(len(missing), n_classes, len(grid))
+            for j, i in enumerate(missing):
+                batch[i] = values[j]
+                if store is not None:
+                    store.put_errors(run, keys[i], values[j])
+        errors.append(batch)
         labels += [int(y) for y in targets]
+        done["computed"] += len(missing)
+        done["from_store"] += len(pixels) - len(missing)
         bar.update(len(pixels))
+        if store is not None:
+            bar.set_postfix(from_store=done["from_store"], refresh=False)
     bar.close()
+    if counts is not None:
+        counts.update(done)
     if not errors:
-        raise DiffclsError("the dataset gave no images to fit timestep weights on")
+        raise DiffclsError("the dataset gave no labelled images to collect errors on: check --split and --dataset-root")
     return torch.cat(errors), labels, grid
 
 
@@ -75,16 +106,17 @@ def fit_on_dataset(
     import torch
 
     from diffcls_plugin.classifier import load_classifier
-    from diffcls_plugin.harness.datasets import labelled_dataset
+    from diffcls_plugin.harness.datasets import check_labelled, labelled_dataset
 
     config = config or DiffclsConfig()
     if method not in METHODS:
         raise DiffclsError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     config = dataclasses.replace(
-        config, timestep_weights=None, resume=False, prefilter=None, samplers={**dict(config.samplers), "baseline": BaselineOptions(n_timesteps=n_timesteps)}
+        config, timestep_weights=None, prefilter=None, samplers={**dict(config.samplers), "baseline": BaselineOptions(n_timesteps=n_timesteps)}
     )
+    check_labelled(dataset, root, split)  # before any weights load
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_classifier("diffusion-baseline", pretrained, device=device, config=config, seed=seed, progress=False, store=False)
+    model = load_classifier("diffusion-baseline", pretrained, device=device, config=config, seed=seed, progress=False)
     data, classes, templates = labelled_dataset(dataset, root, split, model.transform, subset)
     model.prepare(classes, templates)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)

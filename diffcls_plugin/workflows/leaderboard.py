@@ -74,13 +74,43 @@ def read_results(paths: Iterable[str | os.PathLike]) -> list[Result]:
             data = json.loads(f.read_text())
         except json.JSONDecodeError as err:
             raise DiffclsError(f"{f}: not a JSON file ({err})") from None
+        if not isinstance(data, dict):
+            raise DiffclsError(f"{f}: not a CLIP_benchmark result (a JSON object is expected)")
         missing = [k for k in ("dataset", "model", "pretrained", "metrics") if k not in data]
         if missing:
             raise DiffclsError(f"{f}: not a CLIP_benchmark result (missing {', '.join(missing)})")
-        results.append(Result(str(f), data["dataset"], data["model"], data["pretrained"], data["metrics"], data.get("diffcls", {})))
+        results.append(
+            Result(str(f), str(data["dataset"]), str(data["model"]), str(data["pretrained"]), _metrics(f, data["metrics"]), _block(f, data.get("diffcls")))
+        )
     if not results:
         raise DiffclsError("no result files found; pass JSON files or folders that hold them")
     return results
+
+
+def _metrics(path: Path, metrics: Any) -> dict[str, float]:
+    """A result's metrics: a mapping of names to numbers (``null`` and NaN kept as NaN)."""
+    if not isinstance(metrics, dict):
+        raise DiffclsError(f"{path}: 'metrics' must be a mapping of metric names to numbers, got {type(metrics).__name__}; the file is damaged: rerun it")
+    out = {}
+    for key, value in metrics.items():
+        if value is None:
+            out[key] = math.nan
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, (list, dict)):  # per-class values some tasks write: not a table cell
+                continue
+            raise DiffclsError(f"{path}: metric {key!r} must be a number, got {value!r}; the file is damaged: rerun it")
+        else:
+            out[key] = float(value)
+    return out
+
+
+def _block(path: Path, block: Any) -> dict[str, Any]:
+    """A result's ``diffcls`` block: a mapping (``{}`` for a plain CLIP_benchmark result)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise DiffclsError(f"{path}: the 'diffcls' block must be a mapping, got {type(block).__name__}; the file is damaged: rerun it")
+    return block
 
 
 @dataclass
@@ -126,11 +156,33 @@ def _row_key(result: Result) -> tuple:
     )
 
 
+def _setup(result: Result) -> tuple:
+    """What makes two runs of a row comparable: the images (count and subset) and the seed."""
+    d = result.diffcls
+    return (d.get("n_images"), json.dumps(d.get("subset"), sort_keys=True), d.get("seed"))
+
+
+def _describe(result: Result) -> str:
+    n, subset, seed = _setup(result)
+    return f"{n if n is not None else '?'} images, subset {subset}, seed {seed if seed is not None else '?'}"
+
+
 def build_table(results: list[Result]) -> Table:
-    """Arrange results into rows and columns; later files win on duplicate (row, dataset)."""
+    """Arrange results into rows and columns.
+
+    Raises:
+        DiffclsError: two different files for the same row and dataset (two runs mixed: which
+            one the row shows would depend on the order of the arguments).
+    """
     raw: dict[tuple[str, str], Result] = {}
     order: dict[str, tuple] = {}
     for r in results:
+        previous = raw.get((r.label, r.dataset))
+        if previous is not None and Path(previous.path).resolve() != Path(r.path).resolve():
+            raise DiffclsError(
+                f"two results for {r.label!r} on {r.dataset}: {previous.path} ({_describe(previous)}) and {r.path} ({_describe(r)}); "
+                "pass the results of one run per table (or give the runs distinct labels in their benchmark config)"
+            )
         raw[(r.label, r.dataset)] = r
         order[r.label] = _row_key(r)
     rows = sorted(order, key=lambda label: order[label])
@@ -156,7 +208,11 @@ def _baseline_for(result: Result, raw: dict[tuple[str, str], Result]) -> Result 
     if not result.is_diffusion:
         return None
     baseline_model = SAMPLERS.get(BASELINE_SAMPLER).model_name
-    candidates = [r for r in raw.values() if r.dataset == result.dataset and r.model == baseline_model and r.checkpoint == result.checkpoint]
+    candidates = [
+        r
+        for r in raw.values()
+        if r.dataset == result.dataset and r.model == baseline_model and r.checkpoint == result.checkpoint and _setup(r) == _setup(result)
+    ]  # a baseline of another run (other images or seed) is no reference for this row's speed-up
     if not candidates:
         return None
     default = [r for r in candidates if r.label == f"{r.model} {r.pretrained}"]

@@ -134,10 +134,17 @@ def read_reference(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _finite(value: Any, where: str) -> float:
+    """A tolerance or z as a finite number >= 0 (NaN would pass every comparison, a negative one fail unchanged metrics)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise DiffclsError(f"reference {where} must be a finite number >= 0, got {value!r}; fix it or rewrite the reference with diffcls check --update")
+    return float(value)
+
+
 def _tolerance(metric: str, old: float, n: int | None, reference: dict[str, Any], entry: dict[str, Any]) -> tuple[float | None, str]:
     rules = {**reference.get("tolerances", {}), **entry.get("tolerances", {})}
     rule = rules.get(metric)
-    z = float(reference.get("z", DEFAULT_Z))
+    z = _finite(reference.get("z", DEFAULT_Z), "z")
     if rule is None:
         if metric in ACCURACY_METRICS:
             if not n:
@@ -146,12 +153,15 @@ def _tolerance(metric: str, old: float, n: int | None, reference: dict[str, Any]
         if metric in DEFAULT_REL:
             return DEFAULT_REL[metric] * abs(old), f"{DEFAULT_REL[metric]:.0%} relative"
         return None, "not checked"
+    if not isinstance(rule, dict):
+        raise DiffclsError(f"tolerance for {metric} must be {{abs: x}}, {{rel: x}} or {{binomial: z}}, got {rule!r}")
     if "abs" in rule:
-        return float(rule["abs"]), "absolute"
+        return _finite(rule["abs"], f"tolerance {metric}.abs"), "absolute"
     if "rel" in rule:
-        return float(rule["rel"]) * abs(old), f"{float(rule['rel']):.0%} relative"
+        rel = _finite(rule["rel"], f"tolerance {metric}.rel")
+        return rel * abs(old), f"{rel:.0%} relative"
     if "binomial" in rule:
-        z = float(rule["binomial"])
+        z = _finite(rule["binomial"], f"tolerance {metric}.binomial")
         return binomial_tolerance(old, n or 0, z), f"{z:g} binomial SE at n={n}"
     raise DiffclsError(f"tolerance for {metric} must be {{abs: x}}, {{rel: x}} or {{binomial: z}}, got {rule!r}")
 

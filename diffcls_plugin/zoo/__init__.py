@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffcls_plugin.errors import DiffclsError, did_you_mean
+from diffcls_plugin.errors import DiffclsError, did_you_mean, short
 
 DEFAULT_CHECKPOINT = "sd2-base"
 # diffusers pipeline class (model_index.json's "_class_name") -> family; one adapter module per family
@@ -53,7 +53,7 @@ def folder_family(path: Path) -> str:
         name = json.loads((Path(path) / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return "sd"
-    return PIPELINE_FAMILIES.get(name, "sd")
+    return PIPELINE_FAMILIES.get(name, "sd") if isinstance(name, str) else "sd"
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -135,6 +135,11 @@ def check_diffusers_folder(path: Path) -> None:
         name = json.loads((path / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         name = None
+    if name is not None and not isinstance(name, str):
+        raise DiffclsError(
+            f"--pretrained {str(path)!r}: model_index.json's _class_name must be a pipeline class name such as "
+            f"'StableDiffusionPipeline', got {short(name)}; fix the file"
+        )
     if name is not None and name.endswith("Pipeline") and name not in PIPELINE_FAMILIES:
         raise DiffclsError(f"--pretrained {str(path)!r} is a {name} checkpoint; diffusion classifiers support {SUPPORTED}")
     family = folder_family(path)
