@@ -112,3 +112,21 @@ def test_a_damaged_result_is_named_not_a_traceback(tmp_path, change, message):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit), result.output
         assert re.search(message, result.output), result.output
+
+
+def test_a_hand_edited_cost_that_does_not_add_up_is_refused(tmp_path):
+    """A block claiming 10 evaluations per image while recording 4131 computed for 100 images passed
+    `check` as IMPROVED and showed a 26x speed-up."""
+    import json
+
+    data = json.loads((RESULTS / "digits_hier_b4.json").read_text())
+    block = {"n_images": 100, "unet_evals_per_image": 41.31, "stop_reasons": {"beam": 100}}
+    block["computed"] = {"n_images": 100, "n_images_from_store": 0, "unet_evals": 4131, "seconds": 3.3}
+    data["diffcls"].update(block)
+    (tmp_path / "honest.json").write_text(json.dumps(data))
+    assert CliRunner().invoke(main, ["table", str(tmp_path)]).exit_code == 0
+    data["diffcls"]["unet_evals_per_image"] = 10.0
+    (tmp_path / "honest.json").write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["table", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "does not add up: 10 UNet evaluations per image for 100 images is 1,000, but it records 4,131 computed" in result.output

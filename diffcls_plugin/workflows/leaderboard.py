@@ -110,7 +110,29 @@ def _block(path: Path, block: Any) -> dict[str, Any]:
         return {}
     if not isinstance(block, dict):
         raise DiffclsError(f"{path}: the 'diffcls' block must be a mapping, got {type(block).__name__}; the file is damaged: rerun it")
+    _check_adds_up(path, block)
     return block
+
+
+def _check_adds_up(path: Path, block: dict[str, Any]) -> None:
+    """A run that took nothing from the store computed every evaluation it reports: its cost per
+    image times its images must be the evaluations it records as computed, and its stop reasons
+    must count its images (a hand-edited cost would otherwise pass ``check`` and top the table)."""
+    computed, n = block.get("computed"), block.get("n_images")
+    per_image = block.get("unet_evals_per_image")
+    if not isinstance(computed, dict) or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return
+    damaged = f"{path}: the 'diffcls' block does not add up"
+    fix = "the file was edited or damaged: rerun it"
+    if computed.get("n_images_from_store") == 0 and isinstance(per_image, (int, float)) and isinstance(computed.get("unet_evals"), (int, float)):
+        total = per_image * n
+        if abs(total - computed["unet_evals"]) > max(1.0, 1e-6 * total):
+            raise DiffclsError(
+                f"{damaged}: {per_image:g} UNet evaluations per image for {n} images is {total:,.0f}, but it records {computed['unet_evals']:,} computed; {fix}"
+            )
+    reasons = block.get("stop_reasons")
+    if isinstance(reasons, dict) and all(isinstance(v, int) for v in reasons.values()) and reasons and sum(reasons.values()) != n:
+        raise DiffclsError(f"{damaged}: its stop reasons count {sum(reasons.values())} images, its n_images is {n}; {fix}")
 
 
 @dataclass
