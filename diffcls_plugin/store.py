@@ -69,8 +69,13 @@ def code_fingerprint() -> str:
     """SHA-256 of this package's Python sources: any change to the code (a sampler's logic, the
     scorer) invalidates stored outcomes, even when the version number stays the same."""
     root = Path(__file__).resolve().parent
+    return _sources_digest(root, sorted(root.rglob("*.py")))
+
+
+def _sources_digest(root: Path, paths) -> str:
+    """SHA-256 of source files: each one's path relative to ``root`` and its bytes."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in paths:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -85,12 +90,10 @@ def error_code_fingerprint() -> str:
     """SHA-256 of the sources an error row depends on (:data:`ERROR_CODE`): editing a sampler or
     a workflow, or a new version number, keeps stored error tables; editing the scorer drops them."""
     root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
+    paths = []
     for part in ERROR_CODE:
-        paths = sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]
-        for path in paths:
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+        paths += sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]
+    return _sources_digest(root, paths)
 
 
 def error_rows_key(description: Mapping[str, Any], timesteps) -> str:

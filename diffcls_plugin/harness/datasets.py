@@ -18,12 +18,29 @@ from diffcls_plugin.harness.preflight import check_dataset
 from diffcls_plugin.harness.session import RunRecord, current_session, session
 
 
-def dataset_labels(dataset) -> list[int]:
-    """Every image's label, read from the dataset's label attributes when it has them."""
+def attribute_labels(dataset) -> list[int] | None:
+    """Every image's label from the dataset's label attribute (``targets``, ``labels``,
+    ``_labels``), or ``None`` when it has none of the dataset's length."""
     for attr in ("targets", "labels", "_labels"):
         labels = getattr(dataset, attr, None)
         if labels is not None and len(labels) == len(dataset):
             return [int(y) for y in labels]
+    return None
+
+
+def wds_canonical(root: Path, split: str) -> tuple[list[tuple[str, str]], list[int]]:
+    """A local webdataset's sample ids and labels in a canonical order, whatever the sharding:
+    sorted by key (then shard); the order stratified subsets choose from."""
+    _, ids, labels = wds_members(root, split)
+    order = sorted(range(len(ids)), key=lambda i: (ids[i][1], ids[i][0]))
+    return [ids[i] for i in order], [labels[i] for i in order]
+
+
+def dataset_labels(dataset) -> list[int]:
+    """Every image's label, read from the dataset's label attributes when it has them."""
+    labels = attribute_labels(dataset)
+    if labels is not None:
+        return labels
     samples = getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
     if samples is not None and len(samples) == len(dataset):
         return [int(y) for _, y in samples]
@@ -41,10 +58,7 @@ def wds_subset(dataset, root: Path, split: str, transform, spec: SubsetSpec, on_
     """The harness's webdataset pipeline restricted to a stratified subset of its samples."""
     if n_shards(root, split) is None:
         raise DiffclsError(f"subsets of webdatasets need a local --dataset_root with {split}/nshards.txt; {root} has none")
-    shards, ids, labels = wds_members(root, split)
-    # a canonical order, whatever the sharding: samples sorted by key (then shard)
-    order = sorted(range(len(ids)), key=lambda i: (ids[i][1], ids[i][0]))
-    ids, labels = [ids[i] for i in order], [labels[i] for i in order]
+    ids, labels = wds_canonical(root, split)
     idx = select(labels, spec)
     keep = {ids[i] for i in idx}
     return wds_classification(dataset, root, split, transform, keep=keep, on_corrupt=on_corrupt), idx
@@ -66,18 +80,12 @@ def subset_of(dataset, name: str, root: str, split: str, transform, spec: Subset
 def _cheap_labels(name: str, root, split: str, built, spec: SubsetSpec | None) -> list[int] | None:
     """The labels of a built dataset when they can be read without decoding its images, else ``None``."""
     if is_local_wds(name, root) and n_shards(root, split) is not None:
-        shards, ids, labels = wds_members(Path(root), split)
-        if spec is None:
-            return list(labels)
-        order = sorted(range(len(ids)), key=lambda i: (ids[i][1], ids[i][0]))  # wds_subset's order
-        ordered = [labels[i] for i in order]
-        return [ordered[i] for i in select(ordered, spec)]
-    base = built.dataset if hasattr(built, "indices") and hasattr(built, "dataset") else built  # a Subset
-    for attr in ("targets", "labels", "_labels"):
-        labels = getattr(base, attr, None)
-        if labels is not None and len(labels) == len(base):
-            return [int(labels[i]) for i in built.indices] if base is not built else [int(y) for y in labels]
-    return None
+        _, labels = wds_canonical(Path(root), split)
+        return labels if spec is None else [labels[i] for i in select(labels, spec)]
+    if hasattr(built, "indices") and hasattr(built, "dataset"):  # a Subset of a map-style dataset
+        labels = attribute_labels(built.dataset)
+        return None if labels is None else [labels[i] for i in built.indices]
+    return attribute_labels(built)
 
 
 def wrap_build_dataset(build_dataset):

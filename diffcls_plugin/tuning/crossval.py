@@ -208,7 +208,7 @@ def cross_fitted(table: ErrorTable, labels: Sequence[int], splits: Sequence[Fold
 
 def _pick(budget: float, outcomes: dict[str, Outcome], configs: dict[str, Config], base: Outcome, splits: Sequence[Fold], z: float) -> Pick:
     chosen = choose({k: [o] for k, o in outcomes.items()}, [base], budget, z, strict=True)
-    n = base.correct.__len__()
+    n = len(base.correct)
     cv_correct: list[bool] = [False] * n
     cv_evals: list[int] = [0] * n
     fold_keys: list[str | None] = []
