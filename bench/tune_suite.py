@@ -398,7 +398,7 @@ def report(data: dict) -> str:
         "    python bench/tune_suite.py --pairs digits-early   # some pairs, merged into this record",
         "    python bench/tune_suite.py --render               # only this markdown, from the json",
         "",
-        f"The errors go through the resume store in `$DIFFCLS_CACHE` (default `{DEFAULT_CACHE}`), so a rerun costs no UNet time while the scorer's code is unchanged (error rows are keyed by the sources that compute an error: `store.ERROR_CODE`); a held-out",
+        f"The errors go through the resume store in `$DIFFCLS_CACHE` (default `{DEFAULT_CACHE}`), so a rerun costs no UNet time while the scorer's code is unchanged (error rows are keyed by the sources that compute an error: `keys.ERROR_CODE`); a held-out",
         "pair already in the record is refused unless `--reread`. "
         f"{seconds:.0f} s in all over {len(pairs)} pair(s) on {data['environment']['torch_threads']} torch threads, {data.get('workers', '?')} replay workers "
         f"({data['environment']['date']}, diffcls-plugin {data['environment']['versions'].get('diffcls-plugin', '?')}).",

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL  # pure Python: no torch at CLI start-up
+from diffcls_plugin.workflows import demo  # the demo's help texts, read from its config (no torch)
 
 
 def _subset(per_class: int | None, total: int | None, seed: int):
@@ -55,6 +56,7 @@ def main() -> None:
 @click.option("--subset-per-class", type=int, default=None, help="Evaluate a stratified subset: this many images per class.")
 @click.option("--subset-total", type=int, default=None, help="Evaluate a stratified subset of this many images.")
 @click.option("--subset-seed", type=int, default=0, help="Seed of the subset choice.")
+@click.option("--dry-run", is_flag=True, help="Check every run and print its plan and cost (images, evaluations, time); compute nothing.")
 @click.argument("harness_args", nargs=-1, type=click.UNPROCESSED)
 def eval_command(
     models,
@@ -70,6 +72,7 @@ def eval_command(
     subset_per_class,
     subset_total,
     subset_seed,
+    dry_run,
     harness_args,
 ) -> None:
     """Evaluate through the unmodified `clip_benchmark eval`; extra arguments pass through to it.
@@ -109,7 +112,7 @@ def eval_command(
     ]
     from diffcls_plugin.harness import run_harness
 
-    run_harness(argv, config, subset)
+    run_harness(argv, config, subset, dry_run=dry_run)
 
 
 @main.command("table")
@@ -175,7 +178,8 @@ def check_command(results, reference, update) -> None:
 @click.option("--output", default=None, help="Result folder (default: the config's output).")
 @click.option("--force", is_flag=True, help="Rerun cells whose result already exists with the same config.")
 @click.option("--check", "check_reference", is_flag=True, help="Then check the results against the config's reference file.")
-def run_command(config_path, output, force, check_reference) -> None:
+@click.option("--dry-run", is_flag=True, help="Check every cell and print its plan and cost; compute nothing.")
+def run_command(config_path, output, force, check_reference, dry_run) -> None:
     """Run a benchmark matrix (models x datasets) through the harness, one result JSON per cell.
 
     A cell whose result file holds the same config hash is skipped.
@@ -191,10 +195,10 @@ def run_command(config_path, output, force, check_reference) -> None:
             raise DiffclsError(f"{config_path}: --check needs a 'reference' file in the config")
         if output:
             config = dataclasses.replace(config, output=output)
-        files = run_benchmark(config, force=force, echo=lambda text: click.echo(text, err=True))
+        files = run_benchmark(config, force=force, echo=lambda text: click.echo(text, err=True), dry_run=dry_run)
     except DiffclsError as err:
         raise click.ClickException(str(err)) from None
-    if check_reference:
+    if check_reference and not dry_run:
         reference = Path(config_path).parent / config.reference
         click.get_current_context().invoke(check_command, results=[str(f) for f in files], reference=str(reference), update=False)
 
@@ -382,32 +386,31 @@ def tune_command(
         raise click.ClickException(str(err)) from None
 
 
-@main.command("demo")
-@click.option(
-    "--out",
-    "out_dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Folder for the three result JSON files (default: a fresh diffcls-demo-<time> folder).",
-)
-def demo_command(out_dir) -> None:
-    """Baseline vs adaptive vs hierarchical on the embedded tiny-digits model and its held-out digits.
+@main.command("plot")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The image to write (PNG; .svg or .pdf by the suffix).")
+def plot_command(results, out_path) -> None:
+    """Plot top-1 against UNet evaluations per image, one panel per dataset, from result JSON files or folders.
 
-    Runs offline through the real `clip_benchmark eval` path and prints the comparison table.
+    CLIP results are reference lines; under each panel, a histogram of each result's evaluations
+    per image (results that record them). Needs matplotlib (the `plot` extra).
     """
-    import dataclasses
-    import time
-    from importlib import resources
+    from diffcls_plugin.errors import DiffclsError
+    from diffcls_plugin.workflows.leaderboard import read_results
+    from diffcls_plugin.workflows.plot import plot_results
 
-    from diffcls_plugin.workflows.benchmark import load_benchmark, run_benchmark
-    from diffcls_plugin.workflows.leaderboard import build_table, read_results, render
+    try:
+        plot_results(read_results(results), out_path)
+    except DiffclsError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {out_path}", err=True)
 
-    out_dir = out_dir or time.strftime("diffcls-demo-%Y%m%d-%H%M%S")
-    config = load_benchmark(resources.files("diffcls_plugin") / "configs" / "demo.yaml")
-    config = dataclasses.replace(config, output=out_dir)
-    click.echo(f"diffcls demo: {config.description}\nresults go to {out_dir}/", err=True)
-    files = run_benchmark(config, force=True, echo=lambda text: click.echo(text, err=True))
-    click.echo(render(build_table(read_results(files)), "markdown", recall=True))
+
+@main.command("demo", help=demo.command_help(), short_help=demo.short_help())
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help=demo.out_help())
+def demo_command(out_dir) -> None:
+    table, _ = demo.run_demo(out_dir, echo=lambda text: click.echo(text, err=True))
+    click.echo(table)
 
 
 if __name__ == "__main__":

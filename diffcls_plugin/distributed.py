@@ -1,10 +1,11 @@
 """Image sharding over ``torch.distributed``: one long run spread over several GPUs or nodes.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) every rank runs the same harness command and loads the
-same batches; the classifier splits each batch's images over the ranks (image ``i`` to rank
-``i % world_size``), scores its own, and gathers every rank's outcomes, so that every rank hands
-the harness the same logits and the metrics equal a one-process run's. Only rank 0 writes the
-result file. The process group uses NCCL when the run is on CUDA and gloo on the CPU.
+same batches; rank 0 looks the batch up in the resume store and broadcasts what is stored, the
+classifier splits the other images over the ranks (the ``i``-th of them to rank
+``i % world_size``), each rank scores its own, and every rank's outcomes are gathered, so that
+every rank hands the harness the same logits and the metrics equal a one-process run's. Rank 0
+alone opens the store (and commits every rank's outcomes) and writes the result file. The process group uses NCCL when the run is on CUDA and gloo on the CPU.
 
     torchrun --nproc_per_node 8 $(which clip_benchmark) eval --model diffusion-hier --dataset cifar10 ...
 """

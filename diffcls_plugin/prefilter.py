@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from diffcls_plugin.errors import DiffclsError, did_you_mean
-from diffcls_plugin.zoo import hub_offline
+from diffcls_plugin.zoo import hub_cache, hub_unavailable
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,10 @@ def load_open_clip(model_name: str, pretrained: str | None, device):
     return model, size, mean, std, open_clip.get_tokenizer(model_name)
 
 
-def check_prefilter(model_name: str, pretrained: str | None) -> None:
-    """The prefilter's open_clip model and weights exist (and, offline, are in the local cache),
-    checked before any weights load. Raises :class:`DiffclsError` naming the fix."""
+def check_prefilter(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> None:
+    """The prefilter's open_clip model and weights exist and are in the local cache or can be
+    downloaded (:func:`check_open_clip_weights`), checked before any weights load. Raises
+    :class:`DiffclsError` naming the fix."""
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
@@ -112,23 +113,59 @@ def check_prefilter(model_name: str, pretrained: str | None) -> None:
             f"prefilter.pretrained {pretrained!r} is neither a weights file nor a pretrained tag of {model_name} "
             f"(its tags: {', '.join(tags) or 'none'}); fix the tag or the file path"
         )
-    if not hub_offline():
-        return  # weights that are not cached yet download when the prefilter loads
+    check_open_clip_weights(model_name, pretrained, cache_dir, "prefilter", "give prefilter.pretrained a local weights file")
+
+
+def open_clip_weights(model_name: str, pretrained: str, cache_dir: str | None = None) -> tuple[str | None, str, str, bool]:
+    """Where open_clip gets a pretrained tag's weights, as ``open_clip.pretrained.download_pretrained``
+    looks for them (the hub first, its safetensors before pickles), without the network.
+
+    Returns:
+        (the cached file or ``None``, the cache folder, the hub repo id or URL they come from, whether that is the hub).
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip import pretrained as oc_pretrained
+
     cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained)
-    found = False
     if cfg.get("hf_hub"):
-        try:
-            found = bool(oc_pretrained.download_pretrained(cfg))  # offline: the cached file or an error, no network
-        except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, FileNotFoundError ...
-            found = False
-    elif cfg.get("url"):
-        found = os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"])))
-    if not found:
-        raise DiffclsError(
-            f"prefilter: the open_clip weights {model_name} / {pretrained} are not in the local cache and HF_HUB_OFFLINE is set; "
-            f'download them once with network access (python -c "import open_clip; open_clip.create_model_and_transforms('
-            f"'{model_name}', pretrained='{pretrained}')\") or give prefilter.pretrained a local weights file"
-        )
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or oc_pretrained.HF_WEIGHTS_NAME
+        names = [filename]
+        if filename == oc_pretrained.HF_WEIGHTS_NAME:
+            names.insert(0, oc_pretrained.HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        found = [p for p in (try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in names) if isinstance(p, str)]
+        return (found[0] if found else None), hub_cache(cache_dir), repo_id, True
+    folder = cache_dir or os.path.expanduser("~/.cache/clip")
+    path = os.path.join(folder, os.path.basename(cfg.get("url", "")))
+    return (path if cfg.get("url") and os.path.isfile(path) else None), folder, cfg.get("url", ""), False
+
+
+def check_open_clip_weights(model_name: str, pretrained: str | None, cache_dir: str | None, subject: str, alternative: str) -> None:
+    """Before any weights load: a pretrained tag's open_clip weights are in the local cache, or can
+    be downloaded; offline (``HF_HUB_OFFLINE``), or with the hub unreachable (one quick probe
+    instead of the minutes of retries of open_clip's download), a missing file raises a
+    :class:`DiffclsError` that starts with ``subject``, names the weights, the cache and the
+    command that downloads them, and offers ``alternative``. Anything that is no known
+    (architecture, tag) pair, or a weights file, is left to open_clip."""
+    from open_clip import pretrained as oc_pretrained
+
+    if not pretrained or os.path.isfile(os.path.expanduser(pretrained)) or not oc_pretrained.is_pretrained_cfg(model_name, pretrained):
+        return
+    found, folder, source, on_hub = open_clip_weights(model_name, pretrained, cache_dir)
+    if found:
+        return
+    why = hub_unavailable(None if on_hub else source)
+    if why is None:
+        return  # weights that are not cached yet download when the model loads
+    where = f", cache_dir={cache_dir!r}" if cache_dir else ""
+    raise DiffclsError(
+        f"{subject}: the open_clip weights {model_name} / {pretrained} ({source}{' on the hub' if on_hub else ''}) are not in the local cache "
+        f"and {why}; download them once with "
+        f'network access (python -c "import open_clip; open_clip.create_model_and_transforms({model_name!r}, pretrained={pretrained!r}{where})"; '
+        f"the cache is {folder}) or {alternative}"
+    )
 
 
 class ClipPrefilter:

@@ -6,21 +6,32 @@ seconds as spent) is committed the moment its sampler finishes, keyed by
 - the *run key*: a SHA-256 of everything that determines an outcome besides the image (the
   checkpoint's fingerprint, the sampler and its options, the loss, the exact prompts, the seed,
   dtype, device type, image size, timestep count, the versions of torch, diffusers and
-  transformers, and a hash of this package's code; see :func:`run_key`), and
+  transformers, and a hash of this package's code; see :func:`diffcls_plugin.keys.run_key`), and
 - the *image key*: a SHA-256 of the image's pixels as the model sees them (quantised to 8 bits,
   with their shape).
 
 Rerunning the same command after SIGINT or SIGKILL therefore reuses every finished image and
 computes only the missing ones, and its metrics equal those of an uninterrupted run. The database
 is ``$DIFFCLS_CACHE/outcomes.sqlite`` (default ``~/.cache/diffcls_plugin``) in WAL mode, so several
-processes (several runs, or the ranks of one ``torchrun``) can read and write it at once; every
-write is one short transaction with a busy timeout. Set ``resume: false`` in the config, or
-``DIFFCLS_RESUME=0`` in the environment, to neither read nor write it.
+runs on one host can read and write it at once; every write is one short transaction with a busy
+timeout. Set ``resume: false`` in the config, or ``DIFFCLS_RESUME=0`` in the environment, to
+neither read nor write it.
+
+It degrades, never crashes (SQLite's "How To Corrupt An SQLite Database File" lists the ways):
+
+- a file that fails ``PRAGMA quick_check`` when the store opens (a torn header, a damaged page) is
+  moved aside to ``outcomes.sqlite.damaged-<time>`` with a warning, and a fresh store is started;
+- a read or write that fails mid-run (a full disk) switches the store off with one warning, and the
+  run finishes without it;
+- under ``torchrun`` only rank 0 opens the file (:func:`open_run_store`): it reads the stored
+  outcomes of every rank's images and commits every rank's new ones after the gather;
+- on a network filesystem (NFS, Lustre, GPFS ...: :func:`network_filesystem`), where WAL's
+  shared-memory index cannot work, the store uses a rollback journal; keep ``$DIFFCLS_CACHE`` on
+  node-local disk where file locks are unreliable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,7 +40,6 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -54,98 +64,69 @@ def resume_enabled(config_resume: bool = True) -> bool:
     return bool(config_resume) and os.environ.get(RESUME_ENV, "1").strip().lower() not in _OFF
 
 
-def image_key(pixels) -> str:
-    """SHA-256 of one image's pixels (``(3, H, W)`` in [-1, 1]) quantised to 8 bits, with its shape."""
-    from diffcls_plugin.scoring import quantise
-
-    quantised = quantise(pixels)
-    digest = hashlib.sha256(repr(tuple(quantised.shape)).encode())
-    digest.update(quantised.numpy().tobytes())
-    return digest.hexdigest()
-
-
-@lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """SHA-256 of this package's Python sources: any change to the code (a sampler's logic, the
-    scorer) invalidates stored outcomes, even when the version number stays the same."""
-    root = Path(__file__).resolve().parent
-    return _sources_digest(root, sorted(root.rglob("*.py")))
-
-
-def _sources_digest(root: Path, paths) -> str:
-    """SHA-256 of source files: each one's path relative to ``root`` and its bytes."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (run TEXT PRIMARY KEY, description TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outcomes (
+    run TEXT NOT NULL, image TEXT NOT NULL,
+    ranking TEXT NOT NULL, scores TEXT NOT NULL,
+    n_evals INTEGER NOT NULL, n_rounds INTEGER NOT NULL, stop_reason TEXT NOT NULL,
+    n_unet_evals INTEGER NOT NULL, seconds REAL NOT NULL, written REAL NOT NULL,
+    PRIMARY KEY (run, image)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS error_rows (
+    run TEXT NOT NULL, image TEXT NOT NULL,
+    n_classes INTEGER NOT NULL, n_timesteps INTEGER NOT NULL, errors BLOB NOT NULL, written REAL NOT NULL,
+    PRIMARY KEY (run, image)
+) WITHOUT ROWID;
+"""
+# filesystems where SQLite's WAL index (shared memory) cannot work and locks may not hold
+NETWORK_FILESYSTEMS = frozenset(
+    "nfs nfs4 cifs smb smb2 smb3 smbfs lustre gpfs beegfs ceph cephfs glusterfs fuse.glusterfs fuse.sshfs fuse.s3fs "
+    "fuse.gcsfuse fuse.juicefs fuse.cephfs 9p afs ncpfs panfs pvfs2 orangefs wekafs".split()
+)
+MOUNTS = "/proc/self/mounts"
 
 
-# the code an error row depends on: the scorer (noise, loss, timesteps), the adapters (encoding,
-# noising, the UNet call) and the prompts; samplers, workflows and the CLI do not change an error
-ERROR_CODE = ("scoring.py", "adapters", "classifier/prompts.py")
-
-
-@lru_cache(maxsize=1)
-def error_code_fingerprint() -> str:
-    """SHA-256 of the sources an error row depends on (:data:`ERROR_CODE`): editing a sampler or
-    a workflow, or a new version number, keeps stored error tables; editing the scorer drops them."""
-    root = Path(__file__).resolve().parent
-    paths = []
-    for part in ERROR_CODE:
-        paths += sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]
-    return _sources_digest(root, paths)
-
-
-def error_rows_key(description: Mapping[str, Any], timesteps) -> str:
-    """The store key of a run's error rows (every class at each of ``timesteps``, one noise): the
-    run's description without its sampler and with :func:`error_code_fingerprint` for the code,
-    so a tune resumes across edits that cannot change an error."""
-    versions = {k: v for k, v in dict(description.get("versions", {})).items() if k != "diffcls-plugin"}
-    rest = {k: v for k, v in description.items() if k not in ("code", "versions", "sampler", "options", "timestep_weights", "prefilter")}
-    return run_key({**rest, "kind": "error-rows", "code": error_code_fingerprint(), "versions": versions, "timesteps": [int(t) for t in timesteps]})
-
-
-def run_key(description: Mapping[str, Any]) -> str:
-    """SHA-256 of a run's description (canonical JSON: sorted keys, no whitespace)."""
-    return hashlib.sha256(json.dumps(description, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")
-
-
-def folder_fingerprint(folder: str | os.PathLike) -> list[list[Any]]:
-    """What identifies a checkpoint folder's contents without reading gigabytes: every weight,
-    config and tokenizer file's relative path, size and modification time (in nanoseconds).
-    Hub snapshots link to blobs named by their content hash, so for them the blob's name is used
-    instead of the time. Rewriting a file changes the fingerprint (the store then recomputes)."""
-    root = Path(folder)
-    out = []
-    for path in sorted(root.rglob("*")):
-        if not path.name.endswith(_WEIGHT_SUFFIXES) or any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        stat = path.stat()  # follows links
-        target = path.resolve()
-        marker = target.name if path.is_symlink() and target.parent.name == "blobs" else stat.st_mtime_ns
-        out.append([path.relative_to(root).as_posix(), stat.st_size, marker])
-    return out
-
-
-def checkpoint_fingerprint(checkpoint) -> dict[str, Any]:
-    """A :class:`~diffcls_plugin.zoo.Checkpoint`'s identity: its folder's file fingerprint, or for a
-    hub id the commit of the cached snapshot (with the snapshot's file fingerprint)."""
-    if checkpoint is None:
-        return {"checkpoint": None}
-    if checkpoint.is_local:
-        return {"folder_files": folder_fingerprint(checkpoint.source)}
-    out: dict[str, Any] = {"id": checkpoint.source, "revision": checkpoint.revision}
+def network_filesystem(folder: str | os.PathLike, mounts: str = MOUNTS) -> str | None:
+    """The type of the network filesystem holding ``folder`` (``nfs4``, ``lustre`` ...), or ``None``
+    for a local one or where the mount table cannot be read (not Linux)."""
     try:
-        from huggingface_hub import snapshot_download
+        with open(mounts) as f:
+            table = [line.split() for line in f]
+    except OSError:
+        return None
+    path = Path(folder).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent  # the folder is created later: its nearest existing parent decides
+    target = str(path.resolve())
+    best, kind = "", None
+    for fields in table:
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
 
-        folder = Path(snapshot_download(checkpoint.source, revision=checkpoint.revision, local_files_only=True))
-        out.update(commit=folder.name, folder_files=folder_fingerprint(folder))
-    except Exception:  # noqa: BLE001 - not in the hub cache (e.g. a custom cache_dir): id and revision only
-        pass
-    return out
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged store file (and its WAL) to ``<name>.damaged-<time>``, never deleting it."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, target.with_name(target.name + suffix))
+    shm = path.with_name(path.name + "-shm")
+    if shm.exists():
+        shm.unlink()  # the WAL index is rebuilt from the WAL
+    return target
 
 
 @dataclass(frozen=True)
@@ -158,7 +139,7 @@ class Outcome:
 
 
 class OutcomeStore:
-    """The SQLite store of per-image outcomes (WAL mode; safe for concurrent processes).
+    """The SQLite store of per-image outcomes (WAL mode on local disks; safe for concurrent processes).
 
     Args:
         path: the database file; its folder is created. Default ``$DIFFCLS_CACHE/outcomes.sqlite``.
@@ -167,31 +148,30 @@ class OutcomeStore:
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float = 120.0) -> None:
         self.path = Path(path) if path is not None else cache_dir() / FILENAME
+        self.timeout = timeout
+        self.failed: str | None = None  # the first error of a read or write mid-run; the store is then off
+        self.moved_aside: Path | None = None  # where a damaged file went when this store opened
+        self.filesystem = network_filesystem(self.path.parent)
+        blocker = next((folder for folder in (self.path.parent, *self.path.parent.parents) if folder.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise DiffclsError(
+                f"cannot open the resume store {str(self.path)!r}: {str(blocker)!r} is a file, not a folder; point $DIFFCLS_CACHE "
+                "at a writable local folder, or switch the store off with DIFFCLS_RESUME=0 (or 'resume: false')"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: survives a killed process
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                CREATE TABLE IF NOT EXISTS runs (run TEXT PRIMARY KEY, description TEXT NOT NULL, created REAL NOT NULL);
-                CREATE TABLE IF NOT EXISTS outcomes (
-                    run TEXT NOT NULL, image TEXT NOT NULL,
-                    ranking TEXT NOT NULL, scores TEXT NOT NULL,
-                    n_evals INTEGER NOT NULL, n_rounds INTEGER NOT NULL, stop_reason TEXT NOT NULL,
-                    n_unet_evals INTEGER NOT NULL, seconds REAL NOT NULL, written REAL NOT NULL,
-                    PRIMARY KEY (run, image)
-                ) WITHOUT ROWID;
-                CREATE TABLE IF NOT EXISTS error_rows (
-                    run TEXT NOT NULL, image TEXT NOT NULL,
-                    n_classes INTEGER NOT NULL, n_timesteps INTEGER NOT NULL, errors BLOB NOT NULL, written REAL NOT NULL,
-                    PRIMARY KEY (run, image)
-                ) WITHOUT ROWID;
-                """
-            )
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            damage = self._connect()
+            if damage is not None:
+                self._db.close()
+                self.moved_aside = move_aside(self.path)
+                print(
+                    f"diffcls: WARNING: the resume store {str(self.path)!r} is damaged ({damage}); moved it to "
+                    f"{str(self.moved_aside)!r} and started a fresh store (finished images will be computed again)",
+                    file=sys.stderr,
+                )
+                damage = self._connect()
+                if damage is not None:
+                    raise sqlite3.DatabaseError(damage)
             version = int(self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         except (sqlite3.Error, OSError) as err:
             raise DiffclsError(
@@ -203,8 +183,30 @@ class OutcomeStore:
                 f"the resume store {str(self.path)!r} has schema version {version}, this diffcls-plugin writes "
                 f"{SCHEMA_VERSION}; move it away or point $DIFFCLS_CACHE elsewhere"
             )
-        self.journal_mode = mode
-        self.failed: str | None = None  # the first error of a read or write mid-run; the store is then off
+
+    def _connect(self) -> str | None:
+        """Open the file and create the tables; the damage found (``None`` when the file is sound).
+
+        SQLite's WAL mode needs every process on one host (its index is shared memory), so on a
+        network filesystem the store uses a rollback journal instead; under torchrun only rank 0
+        opens it (see :func:`open_run_store`)."""
+        self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            mode = "DELETE" if self.filesystem else "WAL"
+            self.journal_mode = self._db.execute(f"PRAGMA journal_mode = {mode}").fetchone()[0]
+            # an existing file is checked before it is used: a torn header or a damaged page
+            check = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):
+                raise  # locked, read-only, out of space: not damage
+            return str(err)
+        if check != [("ok",)]:
+            return "; ".join(str(row[0]) for row in check[:3])
+        self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: survives a killed process
+        self._db.executescript(SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return None
 
     def _fail(self, err: Exception) -> None:
         """A read or write failed mid-run (a corrupt page, a full disk): say so once and go on without the store."""
@@ -336,6 +338,20 @@ class OutcomeStore:
         if run is None:
             return int(self._db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
         return int(self._db.execute("SELECT COUNT(*) FROM outcomes WHERE run = ?", (run,)).fetchone()[0])
+
+
+def open_run_store(store: OutcomeStore | bool | None, config_resume: bool = True) -> OutcomeStore | None:
+    """The store a run uses: ``store`` itself when one is given, none when it is ``False`` or
+    switched off (:func:`resume_enabled`), and none on a torchrun rank other than 0: rank 0 reads
+    the stored outcomes for every rank and commits every rank's new ones, so exactly one process
+    of a run touches the file. Opened before any weights load, so a cache problem costs nothing."""
+    if isinstance(store, OutcomeStore):
+        return store
+    if store is False or (store is None and not resume_enabled(config_resume)):
+        return None
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return None
+    return OutcomeStore()
 
 
 def committed(path: str | os.PathLike) -> int:

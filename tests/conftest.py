@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the model hub
@@ -12,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.pop("DIFFCLS_CONFIG", None)
 os.environ["DIFFCLS_RESUME"] = "0"  # the resume store is tested on its own (tests/test_store.py), in temporary folders
+# the embedded digits data and measured rates go to a throwaway cache, never the user's
+os.environ["DIFFCLS_CACHE"] = tempfile.mkdtemp(prefix="diffcls-test-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -239,3 +239,34 @@ def test_an_empty_split_is_refused_before_weights_load(monkeypatch, tmp_path, ti
     text, loaded = run_harness(common(tiny_sd, root, tmp_path / "r.json"), monkeypatch)
     assert_one_line(text, r"/test has no labelled images; check --split and --dataset_root")
     assert loaded == []
+
+
+def test_one_class_is_refused_before_weights_load(monkeypatch, tmp_path, tiny_sd):
+    """One class used to run (every image is that class) and write a bare NaN for acc5."""
+    root = write_wds_classification(tmp_path / "ds", random_images(3), [0, 0, 0], ["cat"], TEMPLATES, n_shards=1)
+    text, loaded = run_harness(common(tiny_sd, root, tmp_path / "r.json"), monkeypatch)
+    assert_one_line(text, r"classnames.txt has one class \('cat'\): every image would be it and top-5 accuracy is undefined; .*at least two class names")
+    assert loaded == [] and not (tmp_path / "r.json").exists()
+
+
+def test_fewer_than_five_classes_write_strict_json(monkeypatch, tmp_path, tiny_sd):
+    """The harness writes `acc5: NaN` (not JSON) below 5 classes; the result holds null instead,
+    and a reference written from it does not check the undefined metric."""
+    from click.testing import CliRunner
+
+    from diffcls_plugin.cli import main
+
+    root = write_wds_classification(tmp_path / "ds", random_images(3), [0, 1, 2], ["cat", "dog", "bird"], TEMPLATES, n_shards=1)
+    monkeypatch.setenv("DIFFCLS_RESUME", "0")
+    text, _ = run_harness([*common(tiny_sd, root, tmp_path / "r.json"), "--batch_size", "3"], monkeypatch, load=True)
+    assert text is None
+    raw = (tmp_path / "r.json").read_text()
+    assert "NaN" not in raw and "Infinity" not in raw
+    data = json.loads(raw, parse_constant=lambda name: pytest.fail(f"bare {name} in the result"))
+    assert data["metrics"]["acc5"] is None and 0 <= data["metrics"]["acc1"] <= 1
+    written = CliRunner().invoke(main, ["check", str(tmp_path / "r.json"), "--reference", str(tmp_path / "ref.json"), "--update"])
+    assert written.exit_code == 0, written.output
+    reference = json.loads((tmp_path / "ref.json").read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in the reference"))
+    assert "acc5" not in json.dumps(reference) and "acc1" in json.dumps(reference)
+    checked = CliRunner().invoke(main, ["check", str(tmp_path / "r.json"), "--reference", str(tmp_path / "ref.json")])
+    assert checked.exit_code == 0, checked.output

@@ -41,8 +41,27 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds)
         "3",
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", clip_benchmark_script()]
-    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "two.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # the two ranks share one resume store; an audit hook logs every process that opens an SQLite file
+    hook, opened = tmp_path / "hook", tmp_path / "opened.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "def _log(event, args):\n"
+        "    if event == 'sqlite3.connect':\n"
+        f"        with open({str(opened)!r}, 'a') as f:\n"
+        "            f.write(f\"{os.environ.get('RANK', '-')} {os.getpid()} {args[0]}\\n\")\n"
+        "sys.addaudithook(_log)\n"
+    )
+    stored = dict(env, DIFFCLS_RESUME="1", DIFFCLS_CACHE=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]))
+    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "two.json")], cwd=tmp_path, env=stored, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
+    opens = [line.split() for line in opened.read_text().splitlines() if line.endswith("outcomes.sqlite")]
+    assert opens and {rank for rank, _, _ in opens} == {"0"} and len({pid for _, pid, _ in opens}) == 1, opens  # one process: rank 0
+    again = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "again.json")], cwd=tmp_path, env=stored, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    resumed = json.loads((tmp_path / "again.json").read_text())
+    assert resumed["diffcls"]["computed"]["n_images_from_store"] == len(images)  # rank 0 committed rank 1's images too
+    assert {rank for rank, _, _ in (line.split() for line in opened.read_text().splitlines() if line.endswith("outcomes.sqlite"))} == {"0"}
     one = subprocess.run(
         [clip_benchmark_script(), *args, "--output", str(tmp_path / "one.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
@@ -54,7 +73,9 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds)
     assert b["diffcls"]["distributed"] == {"world_size": 1, "images_per_rank": [len(images)]}
     assert a["diffcls"]["n_images"] == b["diffcls"]["n_images"] == len(images) and a["diffcls"]["n_classes"] == len(CLASSNAMES)
     assert a["diffcls"]["unet_evals_per_image"] == b["diffcls"]["unet_evals_per_image"]
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["one.json", "two.json"]  # rank 1 wrote nothing
+    assert a["diffcls"]["unet_evals_by_image"] == b["diffcls"]["unet_evals_by_image"]  # every image, in the one-process order
+    assert resumed["metrics"] == a["metrics"] and resumed["diffcls"]["distributed"]["images_per_rank"] == [len(images), 0]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["again.json", "one.json", "two.json"]  # rank 1 wrote nothing
 
     refused = subprocess.run(
         [*torchrun, *args, "--distributed", "--output", str(tmp_path / "x.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600

@@ -119,6 +119,7 @@ def test_torchrun_shares_are_gathered_into_batch_order(monkeypatch):
     other = rank1.classify_here(x[mine1])
     eng, _ = engine(options=HierarchicalOptions(n_timesteps=8))
     monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: obj)
     gathered = []
 
     def gather(share):
@@ -138,3 +139,34 @@ def test_torchrun_shares_are_gathered_into_batch_order(monkeypatch):
     monkeypatch.setattr(distributed, "gather", gather_other_batch)
     with pytest.raises(Exception, match="ranks loaded different batches"):
         eng.classify(x)
+
+
+def test_under_torchrun_rank_0_alone_reads_and_commits_the_store(monkeypatch, tmp_path):
+    """Rank 0 looks the whole batch up, the other ranks compute only unstored images, and rank 0
+    commits their outcomes after the gather: one process touches the file (SQLite's WAL needs one host)."""
+    x = images_of(TRUTH + [2, 4])
+    x[:, 2] = torch.arange(len(x)).view(-1, 1, 1) / 10  # distinct store keys (pixels are quantised in [-1, 1])
+    store = OutcomeStore(tmp_path / "s.sqlite")
+    first, _ = engine(options=HierarchicalOptions(n_timesteps=8), store=store, run_key="run")
+    first.classify(x[:2])  # images 0 and 1 are stored
+    single = engine(options=HierarchicalOptions(n_timesteps=8))[0].classify(x)
+    eng, made = engine(options=HierarchicalOptions(n_timesteps=8), store=store, run_key="run")
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    told = []
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: told.append(obj) or obj)
+    other_rank, _ = engine(options=HierarchicalOptions(n_timesteps=8))  # rank 1 has no store
+    other = {}
+
+    def gather(share):
+        positions = [3, 5]  # rank 1's share of the unstored positions 2, 3, 4, 5
+        other["part"] = other_rank._compute(x, positions, None)
+        return [share, Share(share.digest, positions, other["part"])]
+
+    monkeypatch.setattr(distributed, "gather", gather)
+    report = eng.classify(x)
+    assert sorted(told[0]) == [0, 1]  # rank 0 told the others which positions are stored
+    assert len(made) == 1 and len(made[0].truth) == 2  # rank 0 computed positions 2 and 4 only
+    assert report.n_computed == 4 and report.shares == [2 + 2, 2]
+    assert [r.ranking[0] for r in report.results] == TRUTH + [2, 4]
+    assert store.count("run") == 6  # rank 1's images were committed by rank 0
+    assert [r.ranking for r in report.results] == [r.ranking for r in single.results]

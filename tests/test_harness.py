@@ -51,7 +51,7 @@ def test_python_dash_m_runs_the_plugins_checks_too(tmp_path):
     out = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", tmp_path / "nowhere", tmp_path / "missing" / "r.json")
     assert out.returncode != 0
     assert "does not exist; create it first" in out.stderr, out.stderr[-1500:]
-    assert "Loading weights" not in out.stderr
+    assert "diffcls: cost:" not in out.stderr  # stopped by the pre-run checks, before their last note (and before any weights load)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_end_to_end_clip_benchmark_cli_matches_an_independent_computation(tmp_pa
         cwd=tmp_path,
         env_extra={"DIFFCLS_CONFIG": str(config)},
     )
-    assert "unet_evals_per_s" in proc.stderr  # progress shows UNet evaluations per second
+    assert "UNet evals/s" in proc.stderr  # progress shows UNet evaluations per second
     evals = {}
     for name in ("diffusion-baseline", "diffusion-adaptive", "diffusion-hier", "diffusion-race"):
         dump = json.loads((tmp_path / f"{name}.json").read_text())
@@ -237,8 +237,10 @@ def test_default_pretrained_means_sd2_base(monkeypatch):
     args.model, args.pretrained, args.dataset, args.language = "diffusion-hier", args.pretrained[0], "cifar10", "en"
     # the hub-cache and dataset checks need the weights and CIFAR10 on disk: record what they are asked
     checked = []
-    monkeypatch.setattr("diffcls_plugin.harness.preflight.check_checkpoint_offline", lambda checkpoint, allow_pickle: checked.append(checkpoint.source))
-    monkeypatch.setattr("diffcls_plugin.harness.preflight.check_dataset", lambda args, task: checked.append((args.dataset, task)))
+    monkeypatch.setattr(
+        "diffcls_plugin.harness.preflight.check_checkpoint_offline", lambda checkpoint, allow_pickle, cache_dir=None: checked.append(checkpoint.source)
+    )
+    monkeypatch.setattr("diffcls_plugin.harness.preflight.check_dataset", lambda args, task: checked.append((args.dataset, task)) or (6, None))
     checked_run = preflight(args)
     ctx = checked_run.context
     assert checked_run.changes == {"pretrained": "sd2-base"} and args.pretrained == "laion400m_e32"  # returned, not applied

@@ -130,3 +130,34 @@ def test_a_hand_edited_cost_that_does_not_add_up_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["table", str(tmp_path)])
     assert result.exit_code == 1
     assert "does not add up: 10 UNet evaluations per image for 100 images is 1,000, but it records 4,131 computed" in result.output
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"unet_evals_per_image": 10.0}, r"10 UNet evaluations per image for 100 images is 1,000, fewer than the 2,065 it computed for 50 of them"),
+        (
+            {"computed": {"n_images": 50, "n_images_from_store": 40, "unet_evals": 2065, "seconds": 1.6}},
+            r"50 images computed and 40 from the store are not its n_images 100",
+        ),
+        ({"distributed": {"world_size": 2, "images_per_rank": [30, 20]}}, r"its ranks' images \[30, 20\] count 50, its n_images is 100"),
+        ({"unet_evals_by_image": [10] * 100}, r"its 100 per-image evaluations sum to 1,000, but 41.31 per image for 100 images is 4,131"),
+    ],
+)
+def test_a_hand_edited_cost_of_a_resumed_run_is_refused(tmp_path, edit, message):
+    """With images from the resume store the cost cannot be recomputed from the file, but it can
+    never be below what the run computed itself, and the counts of images must agree."""
+    import json
+
+    data = json.loads((RESULTS / "digits_hier_b4.json").read_text())
+    block = {"n_images": 100, "unet_evals_per_image": 41.31, "stop_reasons": {"beam": 100}}
+    block["computed"] = {"n_images": 50, "n_images_from_store": 50, "unet_evals": 2065, "seconds": 1.6}
+    block["distributed"] = {"world_size": 2, "images_per_rank": [60, 40]}
+    data["diffcls"].update(block)
+    (tmp_path / "resumed.json").write_text(json.dumps(data))
+    assert CliRunner().invoke(main, ["table", str(tmp_path)]).exit_code == 0
+    data["diffcls"].update(edit)
+    (tmp_path / "resumed.json").write_text(json.dumps(data))
+    for command in (["table", str(tmp_path)], ["check", str(tmp_path), "--reference", str(tmp_path / "none.json")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and re.search(message, result.output), result.output

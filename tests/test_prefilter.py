@@ -128,7 +128,7 @@ def test_prefilter_names_are_checked_before_anything_loads():
 def test_offline_prefilter_weights_must_be_in_the_local_cache(tmp_path):
     missing = _check_in_subprocess(tmp_path, "RN50", "openai")
     assert missing.returncode != 0
-    assert "RN50 / openai are not in the local cache and HF_HUB_OFFLINE is set" in missing.stderr
+    assert "RN50 / openai (timm/resnet50_clip.openai on the hub) are not in the local cache and HF_HUB_OFFLINE is set" in missing.stderr
     # the same weights planted in the hub cache layout (refs/main -> a snapshot holding the file) pass
     repo = tmp_path / "hf" / "hub" / "models--timm--resnet50_clip.openai"
     (repo / "refs").mkdir(parents=True)
@@ -144,4 +144,4 @@ def test_a_bad_prefilter_stops_a_harness_run_before_the_diffusion_weights_load(t
     run = harness_eval("diffusion-baseline", tiny_sd, "wds/tiny", tmp_path, tmp_path / "r.json", env={"DIFFCLS_CONFIG": str(tmp_path / "run.yaml")})
     assert run.returncode != 0
     assert "'openia' is neither a weights file nor a pretrained tag of RN50" in run.stderr
-    assert "Loading weights" not in run.stderr
+    assert "diffcls: cost:" not in run.stderr  # stopped by the pre-run checks, before their last note (and before any weights load)

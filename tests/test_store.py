@@ -17,8 +17,9 @@ from conftest import CLASSNAMES, TEMPLATES, random_images
 
 from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import DiffclsConfig
+from diffcls_plugin.keys import image_key
 from diffcls_plugin.samplers import BaselineOptions, HierarchicalOptions, SamplerResult
-from diffcls_plugin.store import FILENAME, Outcome, OutcomeStore, committed, image_key, resume_enabled
+from diffcls_plugin.store import FILENAME, Outcome, OutcomeStore, committed, resume_enabled
 
 
 def outcome(i: int) -> Outcome:
@@ -185,7 +186,7 @@ def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path
     assert whole.returncode == 0, whole.stderr[-3000:]
     a, b = json.loads((tmp_path / "resumed.json").read_text()), json.loads((tmp_path / "whole.json").read_text())
     assert a["metrics"] == b["metrics"]  # identical, not approximately equal
-    assert a["diffcls"]["computed"]["n_images"] == len(images) - done_before
+    assert a["diffcls"]["computed"]["n_images"] == len(images) - done_before, resumed.stderr[-3000:]
     assert a["diffcls"]["computed"]["n_images_from_store"] == done_before
     assert b["diffcls"]["computed"]["n_images"] == len(images)
     assert a["diffcls"]["unet_evals_per_image"] == b["diffcls"]["unet_evals_per_image"]  # the cost of the result
@@ -222,7 +223,7 @@ def test_a_cache_path_that_is_a_file_is_a_clear_error(tmp_path):
 
 def test_error_rows_outlive_edits_that_cannot_change_an_error():
     """A tune's table is kept across a new version or a sampler edit, not across another seed or grid."""
-    from diffcls_plugin.store import error_rows_key
+    from diffcls_plugin.keys import error_rows_key
 
     description = {"code": "a", "versions": {"diffcls-plugin": "0.2.0", "torch": "2.14.1"}, "sampler": "baseline", "options": {"n_timesteps": 32}, "seed": 0}
     key = error_rows_key(description, [15, 46])
@@ -231,3 +232,77 @@ def test_error_rows_outlive_edits_that_cannot_change_an_error():
     assert error_rows_key({**description, "seed": 1}, [15, 46]) != key
     assert error_rows_key(description, [15, 47]) != key
     assert error_rows_key({**description, "versions": {"diffcls-plugin": "0.2.0", "torch": "2.15.0"}}, [15, 46]) != key
+
+
+def test_a_damaged_store_is_moved_aside_when_it_opens_and_a_rerun_loses_nothing(tmp_path, capsys):
+    """A torn header or a damaged page used to surface mid-run as sqlite3.DatabaseError (or as a
+    writability problem): `PRAGMA quick_check` finds it when the store opens, the file is kept
+    under another name and a fresh store is used."""
+    header = tmp_path / "header" / FILENAME
+    header.parent.mkdir()
+    header.write_bytes(b"this is not an SQLite file" + bytes(5000))
+    store = OutcomeStore(header)
+    store.put("run", "a", outcome(1))
+    assert same(store.get_many("run", ["a"])["a"], outcome(1))
+    assert store.moved_aside is not None and store.moved_aside.read_bytes().startswith(b"this is not an SQLite file")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is damaged (file is not a database); moved it to" in err and "started a fresh store" in err
+
+    page = tmp_path / "page" / FILENAME
+    page.parent.mkdir()
+    full = OutcomeStore(page)
+    for i in range(400):
+        full.put("run", f"image-{i}", outcome(i))
+    full.close()  # the last connection folds the WAL into the file
+    data = bytearray(page.read_bytes())
+    data[3 * 4096 : 5 * 4096] = bytes([0x5A]) * (2 * 4096)  # two data pages overwritten
+    page.write_bytes(bytes(data))
+    reopened = OutcomeStore(page)
+    assert reopened.moved_aside is not None and reopened.count() == 0
+    assert "is damaged (" in capsys.readouterr().err
+    reopened.put("run", "image-0", outcome(0))  # the fresh store works
+    assert reopened.count("run") == 1
+
+
+def test_a_store_on_a_network_filesystem_uses_a_rollback_journal(tmp_path):
+    """WAL's shared-memory index needs one host: on NFS, Lustre ... the store journals instead."""
+    from diffcls_plugin import store as store_module
+
+    mounts = tmp_path / "mounts"
+    (tmp_path / "home").mkdir()
+    (tmp_path / "local").mkdir()  # mount points exist; the cache folders below them not yet
+    mounts.write_text(f"rootfs / ext4 rw 0 0\nserver:/home {tmp_path / 'home'} nfs4 rw 0 0\nscratch {tmp_path / 'local'} xfs rw 0 0\n")
+    assert store_module.network_filesystem(tmp_path / "home" / "me" / ".cache", str(mounts)) == "nfs4"
+    assert store_module.network_filesystem(tmp_path / "local" / "cache", str(mounts)) is None
+    assert store_module.network_filesystem(tmp_path, str(tmp_path / "no-such-table")) is None
+    original = store_module.network_filesystem
+    store_module.network_filesystem = lambda folder: original(folder, str(mounts))
+    try:
+        remote = OutcomeStore(tmp_path / "home" / FILENAME)
+        local = OutcomeStore(tmp_path / "local" / FILENAME)
+    finally:
+        store_module.network_filesystem = original
+    assert (remote.filesystem, remote.journal_mode) == ("nfs4", "delete") and (local.filesystem, local.journal_mode) == (None, "wal")
+    remote.put("run", "a", outcome(3))
+    assert same(remote.get_many("run", ["a"])["a"], outcome(3))
+
+
+def test_cache_problems_are_one_line_errors_before_the_weights_load(tmp_path, monkeypatch, tiny_sd):
+    """A cache path that is a file (or a read-only folder) used to fail at the store's first use,
+    after the weights had loaded."""
+    import pytest
+
+    from diffcls_plugin import adapters
+    from diffcls_plugin.errors import DiffclsError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("DIFFCLS_CACHE", str(blocker))
+    monkeypatch.setenv("DIFFCLS_RESUME", "1")
+    monkeypatch.setattr(adapters, "load_adapter", lambda *a, **k: pytest.fail("the weights loaded"))
+    with pytest.raises(DiffclsError, match=r"cannot open the resume store .*a-file/outcomes.sqlite.*DIFFCLS_RESUME=0") as exc:
+        load_classifier("diffusion-baseline", str(tiny_sd))
+    assert "\n" not in str(exc.value)
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 opens the store
+    with pytest.raises(BaseException, match="the weights loaded"):
+        load_classifier("diffusion-baseline", str(tiny_sd))

@@ -7,6 +7,7 @@ nothing else about the model.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
@@ -37,7 +38,7 @@ class DiffusionAdapter(Protocol):
     ) -> torch.Tensor: ...
 
 
-from diffcls_plugin.zoo import PIPELINE_FAMILIES, SUPPORTED  # noqa: E402 - pure data
+from diffcls_plugin.zoo import PIPELINE_FAMILIES, SUPPORTED, check_hub_checkpoint  # noqa: E402 - pure data and the hub check
 
 
 def pipeline_class(checkpoint, cache_dir: str | None = None) -> str | None:
@@ -77,19 +78,42 @@ def family_of(checkpoint, cache_dir: str | None = None) -> str:
 
 
 def load_adapter(checkpoint, **kwargs) -> DiffusionAdapter:
-    """Load the adapter of the checkpoint's family (see :func:`family_of`)."""
+    """Load the adapter of the checkpoint's family (see :func:`family_of`); a hub checkpoint that is
+    not cached while the hub cannot be reached is named at once (:func:`check_hub_checkpoint`)."""
+    check_hub_checkpoint(checkpoint, kwargs.get("cache_dir"))
     family = family_of(checkpoint, kwargs.get("cache_dir"))
-    if family == "sdxl":
-        from diffcls_plugin.adapters.sdxl import load_sdxl
+    with quiet_loading():
+        if family == "sdxl":
+            from diffcls_plugin.adapters.sdxl import load_sdxl
 
-        return load_sdxl(checkpoint, **kwargs)
-    if family == "sd3":
-        from diffcls_plugin.adapters.sd3 import load_sd3
+            return load_sdxl(checkpoint, **kwargs)
+        if family == "sd3":
+            from diffcls_plugin.adapters.sd3 import load_sd3
 
-        return load_sd3(checkpoint, **kwargs)
-    from diffcls_plugin.adapters.stable_diffusion import load_stable_diffusion
+            return load_sd3(checkpoint, **kwargs)
+        from diffcls_plugin.adapters.stable_diffusion import load_stable_diffusion
 
-    return load_stable_diffusion(checkpoint, **kwargs)
+        return load_stable_diffusion(checkpoint, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """diffusers' and transformers' loading bars (``Loading weights: 36/36``, one per component)
+    off inside the block; huggingface_hub's download bars stay (a first download takes minutes)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    set_hook = getattr(transformers_logging, "set_tqdm_hook", None)  # transformers >= 5; its disable_progress_bar() would stop the hub's too
+    previous = set_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})) if set_hook else None
+    try:
+        yield
+    finally:
+        if diffusers_bars:
+            diffusers_logging.enable_progress_bar()
+        if set_hook:
+            set_hook(previous)
 
 
 def scheme_weights(value: str, adapter):

@@ -210,7 +210,7 @@ def load_components(
         fix = (
             "check the folder's safetensors files"
             if checkpoint.is_local
-            else "download it first (huggingface-cli download ID) or pass a local folder; offline runs need the weights in the hub cache"
+            else f"download it first (hf download {checkpoint.source}) or pass a local folder; offline runs need the weights in the hub cache"
         )
         raise DiffclsError(f"could not load Stable Diffusion {where} {checkpoint.source!r}: {err}; {fix}") from err
     parts["torch_dtype"] = torch_dtype

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from diffcls_plugin import distributed
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.keys import image_key
 from diffcls_plugin.samplers import Sampler, SamplerResult, run_samplers
-from diffcls_plugin.store import Outcome, OutcomeStore, image_key
+from diffcls_plugin.store import Outcome, OutcomeStore
 
 
 @dataclass
@@ -99,8 +100,12 @@ class ClassifyEngine:
         if world_size == 1:
             part = self.classify_here(images)
             return BatchReport(part.results, part.outcomes, part.n_computed, part.unet_evals_computed, [len(images)], part.unet_batch_size)
-        mine = distributed.my_share(len(images), rank, world_size)
-        local = self.classify_here(images[mine]) if mine else BatchOutcome()
+        # exactly one process touches the store: rank 0 looks the whole batch up and tells the others
+        keys = self._keys(images) if rank == 0 else None
+        stored = distributed.broadcast(self._stored(keys))  # {position: Outcome}
+        todo = [b for b in range(len(images)) if b not in stored]
+        mine = todo[rank::world_size]
+        local = self._compute(images, mine, keys) if mine else BatchOutcome()
         digest = hashlib.sha256(images.detach().float().cpu().numpy().tobytes()).hexdigest()
         shares: list[Share] = distributed.gather(Share(digest, mine, local))
         if len({share.digest for share in shares}) > 1:
@@ -108,31 +113,56 @@ class ClassifyEngine:
                 "the torchrun ranks loaded different batches, so their images cannot be shared out; "
                 "give every rank the same data and loader settings (and do not pass the harness's --distributed)"
             )
-        results, outcomes = [None] * len(images), [None] * len(images)
-        for share in shares:
+        results: list = [None] * len(images)
+        outcomes: list = [None] * len(images)
+        for b, outcome in stored.items():
+            results[b], outcomes[b] = outcome.result, outcome
+        for r, share in enumerate(shares):
             for b, result, outcome in zip(share.positions, share.part.results, share.part.outcomes):
                 results[b], outcomes[b] = result, outcome
+                if keys is not None and r != 0:
+                    self.store.put(self.run_key, keys[b], outcome)  # rank 0 committed its own as they finished
+        per_rank = [len(share.positions) for share in shares]
+        per_rank[0] += len(stored)  # rank 0 read the stored images
         return BatchReport(
             results,
-            outcomes,  # type: ignore[arg-type]
+            outcomes,
             n_computed=sum(share.part.n_computed for share in shares),
             unet_evals_computed=sum(share.part.unet_evals_computed for share in shares),
-            shares=[len(share.positions) for share in shares],
+            shares=per_rank,
             unet_batch_size=local.unet_batch_size,
         )
 
     def classify_here(self, images) -> BatchOutcome:
         """This process's images: stored ones looked up, the rest computed and committed one by one."""
-        keys = [image_key(image) for image in images] if self.store is not None else None
-        stored = self.store.get_many(self.run_key, keys) if keys is not None else {}
-        results: list[SamplerResult | None] = [None] * len(images)
-        outcomes: list[Outcome | None] = [None] * len(images)
-        for b, key in enumerate(keys or []):
-            if key in stored:
-                outcomes[b], results[b] = stored[key], stored[key].result
-        todo = [b for b in range(len(images)) if results[b] is None]
+        keys = self._keys(images)
+        stored = self._stored(keys)
+        todo = [b for b in range(len(images)) if b not in stored]
         if not todo:
-            return BatchOutcome(results, outcomes)  # type: ignore[arg-type]
+            return BatchOutcome([o.result for o in stored.values()], list(stored.values()))
+        part = self._compute(images, todo, keys)
+        results: list = [None] * len(images)
+        outcomes: list = [None] * len(images)
+        for b, outcome in stored.items():
+            results[b], outcomes[b] = outcome.result, outcome
+        for b, result, outcome in zip(todo, part.results, part.outcomes):
+            results[b], outcomes[b] = result, outcome
+        return BatchOutcome(results, outcomes, part.n_computed, part.unet_evals_computed, part.unet_batch_size)
+
+    def _keys(self, images) -> list[str] | None:
+        """The images' store keys (``None`` without a store)."""
+        return [image_key(image) for image in images] if self.store is not None else None
+
+    def _stored(self, keys: list[str] | None) -> dict[int, Outcome]:
+        """The stored outcomes of a batch, by position."""
+        if keys is None:
+            return {}
+        found = self.store.get_many(self.run_key, keys)
+        return {b: found[key] for b, key in enumerate(keys) if key in found}
+
+    def _compute(self, images, todo: list[int], keys: list[str] | None) -> BatchOutcome:
+        """Compute the images at positions ``todo`` (in that order), committing each one to the
+        store as it finishes when ``keys`` are given."""
         encode_start = time.perf_counter()
         pixels = images[todo] if len(todo) < len(images) else images
         scorer = self.make_scorer(pixels)
@@ -145,18 +175,19 @@ class ClassifyEngine:
                 lambda image_idx, class_idx, timesteps, noise_idx: scorer(image_idx, [orders[i][c] for i, c in zip(image_idx, class_idx)], timesteps, noise_idx)
             )
         )
+        results: list = [None] * len(todo)
+        outcomes: list = [None] * len(todo)
 
         def finished(i: int, result: SamplerResult, seconds: float) -> None:
-            b = todo[i]
             if orders is not None:
                 result = self._in_class_order(result, orders[i])
             outcome = Outcome(result, scorer.unet_evals[i], seconds + encode_share)
-            results[b], outcomes[b] = result, outcome
-            if self.store is not None:
-                self.store.put(self.run_key, keys[b], outcome)
+            results[i], outcomes[i] = result, outcome
+            if keys is not None:
+                self.store.put(self.run_key, keys[todo[i]], outcome)
 
         run_samplers([self.make_sampler(self.k) for _ in todo], batch_score, on_finish=finished)
-        return BatchOutcome(results, outcomes, len(todo), sum(scorer.unet_evals), scorer.batch_size)  # type: ignore[arg-type]
+        return BatchOutcome(results, outcomes, len(todo), sum(scorer.unet_evals), scorer.batch_size)
 
     def _in_class_order(self, result: SamplerResult, order: list[int]) -> SamplerResult:
         """A result over the prefilter's top k (local indices) -> over every class: the sampler's

@@ -7,7 +7,7 @@ import torch
 from diffcls_plugin.classifier.model import DiffusionClassifier
 from diffcls_plugin.config import DiffclsConfig, config_from_env
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL
-from diffcls_plugin.store import OutcomeStore
+from diffcls_plugin.store import OutcomeStore, open_run_store
 from diffcls_plugin.weighting import weights_for
 from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, resolve_checkpoint, scheduler_length
 
@@ -35,7 +35,8 @@ def load_classifier(
         seed: the run seed.
         cache_dir: the hub cache folder.
         progress: show a progress bar.
-        store: the resume store (see :class:`DiffusionClassifier`); ``None`` follows the config.
+        store: the resume store (see :class:`DiffusionClassifier`); ``None`` follows the config
+            (and opens the store before the weights load; on a torchrun rank other than 0, none).
 
     Everything the user chose is validated before any weights load (a timestep weights file is
     read and checked for its schedule length: a local folder's from its scheduler config, a hub
@@ -49,6 +50,8 @@ def load_classifier(
     checkpoint = pretrained if isinstance(pretrained, Checkpoint) else resolve_checkpoint(pretrained or DEFAULT_CHECKPOINT)
     # a missing or malformed weights file, or one for a local folder's other schedule length, fails before the weights load
     weights_for(config.timestep_weights, scheduler_length(checkpoint))
+    # so does a cache folder that cannot hold the resume store (a damaged store file is moved aside)
+    store = open_run_store(store, config.resume)
     adapter = load_adapter(
         checkpoint,
         device=device,
@@ -57,4 +60,4 @@ def load_classifier(
         cache_dir=cache_dir,
         compile=config.compile,
     )
-    return DiffusionClassifier(adapter, sampler, config, seed=seed, checkpoint=checkpoint, model_name=model_name, progress=progress, store=store)
+    return DiffusionClassifier(adapter, sampler, config, seed=seed, checkpoint=checkpoint, model_name=model_name, progress=progress, store=store or False)

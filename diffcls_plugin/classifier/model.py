@@ -27,14 +27,16 @@ import torch
 from torch import nn
 
 from diffcls_plugin.classifier.engine import ClassifyEngine
+from diffcls_plugin.classifier.progress import ProgressBar
 from diffcls_plugin.classifier.prompts import PromptTokenizer, class_prompts, embed_classes
 from diffcls_plugin.classifier.provenance import RunIdentity
-from diffcls_plugin.classifier.stats import ProgressBar, RunStats
+from diffcls_plugin.classifier.stats import RunStats
 from diffcls_plugin.config import DiffclsConfig
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.keys import run_key
 from diffcls_plugin.samplers import SAMPLERS, SamplerResult
 from diffcls_plugin.scoring import ImageBatchScorer, image_seed
-from diffcls_plugin.store import OutcomeStore, resume_enabled, run_key
+from diffcls_plugin.store import OutcomeStore, open_run_store
 from diffcls_plugin.weighting import is_scheme, weights_for
 from diffcls_plugin.zoo import Checkpoint
 
@@ -49,7 +51,9 @@ class DiffusionClassifier(nn.Module):
         seed: the run seed; each image's noise comes from it and the image's content.
         checkpoint: where the weights came from (recorded in results).
         model_name: the harness model name (recorded in results).
-        progress: show a progress bar with images done and UNet evaluations per second.
+        progress: show the run's progress on rank 0 (images done of the total, UNet evaluations per
+            second, images from the store, ETA): a tqdm bar when stderr is a terminal, else a log
+            line per batch at most once a minute (:mod:`~diffcls_plugin.classifier.progress`).
         store: where finished images are committed and looked up (see :mod:`diffcls_plugin.store`);
             ``None`` opens ``$DIFFCLS_CACHE/outcomes.sqlite`` when the config's ``resume`` is on
             (and ``$DIFFCLS_RESUME`` is not 0), ``False`` uses no store.
@@ -109,10 +113,11 @@ class DiffusionClassifier(nn.Module):
         Args:
             classnames: the dataset's class names, in label order.
             templates: list templates (``"a photo of a {c}."``) or a dict class -> prompts.
-            n_images: the dataset size, for the progress bar (optional).
+            n_images: the images the run will classify (the dataset or subset size): the progress
+                total and its ETA (optional).
         """
-        if not classnames:
-            raise DiffclsError("the dataset has no classes; diffusion classifiers need class names")
+        if len(classnames) < 2:
+            raise DiffclsError(f"the dataset has {len(classnames)} classes; a diffusion classifier ranks at least two class names")
         conditions = embed_classes(self.adapter, class_prompts(classnames, templates), self.config.prompts)
         self.classnames = list(classnames)
         self.prompts, self._prompt_embeds, self._class_rows = conditions.prompts, conditions.embeds, conditions.rows
@@ -154,11 +159,11 @@ class DiffusionClassifier(nn.Module):
         return self.identity().store_description()
 
     def _open_store(self) -> None:
-        if self._store_arg is False or (self._store_arg is None and not resume_enabled(self.config.resume)):
-            self.store, self.run_key = None, None
-            return
         if self.store is None:
-            self.store = self._store_arg if isinstance(self._store_arg, OutcomeStore) else OutcomeStore()
+            self.store = open_run_store(self._store_arg, self.config.resume)
+        if self.store is None:
+            self.run_key = None
+            return
         description = self.run_description()
         self.run_key = run_key(description)
         self.store.register_run(self.run_key, description)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from diffcls_plugin.store import checkpoint_fingerprint, code_fingerprint
+from diffcls_plugin.keys import checkpoint_fingerprint, code_fingerprint
 
 VERSIONED_PACKAGES = ("diffcls-plugin", "torch", "diffusers", "transformers", "clip-benchmark", "open-clip-torch", "numpy")
 # the versions an image's outcome depends on (the store's key); a result records them all

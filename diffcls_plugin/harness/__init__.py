@@ -3,6 +3,7 @@
 CLIP_benchmark has no plugin hook, so :mod:`.patches` patches three of its modules. The rest
 is split by job: :mod:`.session` (a call's runs and records), :mod:`.preflight` (checks before
 anything loads), :mod:`.datasets` (the harness's datasets, subsets, local webdatasets),
+:mod:`.downloads` (a failed dataset download named in one line),
 :mod:`.names` (the harness's names and path formulas) and :mod:`.run` (the harness's CLI in this
 process).
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 from diffcls_plugin.data.subset import SubsetSpec, fingerprint, select
 from diffcls_plugin.data.wds import n_shards, wds_classification, wds_members
 from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.harness.downloads import guard_download
 from diffcls_plugin.harness.names import class_names, dataset_root, is_local_wds, task_of
 from diffcls_plugin.harness.preflight import check_dataset
 from diffcls_plugin.harness.session import RunRecord, current_session, session
@@ -90,11 +91,13 @@ def _cheap_labels(name: str, root, split: str, built, spec: SubsetSpec | None) -
 
 def wrap_build_dataset(build_dataset):
     """The harness's ``build_dataset``, which for a diffusion run or a subset reads local
-    webdatasets itself, takes the session's subset and records the images it holds."""
+    webdatasets itself, takes the session's subset and records the images it holds; a failed
+    download is one :class:`DiffclsError` and leaves no empty folder (:func:`guard_download`)."""
+    guarded = guard_download(build_dataset)
 
     @functools.wraps(build_dataset)
     def build(dataset_name, root="root", transform=None, split="test", *args, **kwargs):
-        dataset = build_dataset(dataset_name, root, transform, split, *args, **kwargs)
+        dataset = guarded(dataset_name, root, transform, split, *args, **kwargs)
         current = current_session()
         if current is None or (current.active is None and current.subset is None):
             if current is not None and current.record is not None:

@@ -6,15 +6,20 @@
   starting with ``diffusion-`` are routed to the plugin.
 - ``clip_benchmark.metrics.zeroshot_classification``: ``evaluate`` hands a diffusion model its
   classnames and templates before the first image and runs it with autocast off (so bf16/fp16
-  autocast cannot create ties between class scores); ``accuracy`` is replaced by an equivalent
+  autocast cannot create ties between class scores) and without the harness's progress bars (the
+  classifier draws one bar per run, :mod:`.quiet`); ``accuracy`` is replaced by an equivalent
   when the installed numpy breaks the harness's (numpy >= 2.4).
 - ``clip_benchmark.cli``: ``run`` checks a diffusion run before anything loads
   (:mod:`.preflight`), shares its images out under torchrun, and adds a ``diffcls`` block to the
   result JSON it writes, keeping the harness schema so ``clip_benchmark build`` still works; its
-  ``build_dataset`` takes subsets and reads local webdatasets (:mod:`.datasets`).
+  ``build_dataset`` takes subsets and reads local webdatasets (:mod:`.datasets`); its
+  ``--model`` help lists the ``diffusion-*`` names (:mod:`.model_help`).
 
 Every patch is a no-op for runs of other models, except the ``accuracy`` fix, which returns the
-same numbers as the original.
+same numbers as the original, and the warning filters of :func:`.quiet.filter_warnings`: the
+harness's webdatasets no longer warn about ``shardshuffle``, and torch's warning about more loader
+workers than CPUs and sklearn's about ill-defined precision show once per process, not two or
+three times per run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -30,8 +36,10 @@ from diffcls_plugin import distributed
 from diffcls_plugin.classifier import DiffusionClassifier, load_classifier
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.harness.datasets import wrap_build_dataset
+from diffcls_plugin.harness.model_help import with_diffusion_models_help
 from diffcls_plugin.harness.names import HARNESS_DEFAULT_PRETRAINED, MODEL_TYPE, PATCHED, is_diffusion_model, output_path, task_of
-from diffcls_plugin.harness.preflight import check_labels, preflight
+from diffcls_plugin.harness.preflight import check_clip_weights, check_labels, preflight
+from diffcls_plugin.harness.quiet import filter_warnings, without_bars
 from diffcls_plugin.harness.session import RunRecord, Session, current_session, session
 from diffcls_plugin.jsonio import write_json_atomic
 from diffcls_plugin.samplers import MODEL_PREFIX
@@ -108,8 +116,20 @@ class checked_labels:
         return len(self.loader)
 
 
+def images_to_classify(dataloader) -> int | None:
+    """The images a run's loader holds: its dataset's length, else (a webdataset, which has none)
+    the count the session's record took from the shards or the subset; ``None`` when unknown."""
+    try:
+        return len(dataloader.dataset)
+    except TypeError:  # webdataset: an IterableDataset without a length
+        current = current_session()
+        record = current.record if current is not None else None
+        return None if record is None else record.n_images
+
+
 def patch_metrics(module) -> None:
-    """Prepare diffusion models with the classes, switch autocast off for them, fix ``accuracy``."""
+    """Prepare diffusion models with the classes, switch autocast off and the harness's progress
+    bars off for them (the classifier shows its own), fix ``accuracy``."""
     if getattr(module, PATCHED, False):
         return
     original_evaluate = module.evaluate
@@ -118,13 +138,10 @@ def patch_metrics(module) -> None:
     def evaluate(model, dataloader, tokenizer, classnames, templates, device, amp=True, *args, **kwargs):
         if not isinstance(model, DiffusionClassifier):
             return original_evaluate(model, dataloader, tokenizer, classnames, templates, device, amp, *args, **kwargs)
+        model.prepare(classnames, templates, n_images=images_to_classify(dataloader))
         try:
-            n_images = len(dataloader.dataset)
-        except TypeError:  # webdataset: an IterableDataset without a length
-            n_images = None
-        model.prepare(classnames, templates, n_images=n_images)
-        try:
-            return original_evaluate(model, checked_labels(dataloader, len(classnames)), tokenizer, classnames, templates, device, False, *args, **kwargs)
+            with without_bars(module):
+                return original_evaluate(model, checked_labels(dataloader, len(classnames)), tokenizer, classnames, templates, device, False, *args, **kwargs)
         finally:
             model.close_progress()
 
@@ -136,7 +153,9 @@ def patch_metrics(module) -> None:
 
 # ---------------------------------------------------------------------------------- cli
 def patch_cli(module) -> None:
-    """Wrap the harness's per-run function for diffusion models, and its dataset builder for subsets."""
+    """Wrap the harness's per-run function for diffusion models, and its dataset builder for subsets;
+    silence the warnings of its loaders that say nothing to a user (:func:`.quiet.filter_warnings`)."""
+    filter_warnings()  # again after a caller's warnings.catch_warnings() dropped them (register() calls this)
     if getattr(module, PATCHED, False):
         return
     original_run = module.run
@@ -147,6 +166,7 @@ def patch_cli(module) -> None:
 
     module.run = patched_run
     module.build_dataset = wrap_build_dataset(module.build_dataset)  # the name run() calls
+    with_diffusion_models_help(module)  # `clip_benchmark eval --help` lists the diffusion-* models
     setattr(module, PATCHED, True)
 
 
@@ -165,6 +185,9 @@ def run_in(original_run, args, current: Session):
     current.record = record
     try:
         if not is_diffusion_model(args.model_type, args.model):
+            if current.dry_run:
+                print(f"diffcls: dry run: --model {args.model} --pretrained {args.pretrained} on {args.dataset} (a CLIP row) is not run", file=sys.stderr)
+                return 0
             return run_clip(original_run, args, current, record)
         return run_diffusion(original_run, args, current, record)
     finally:
@@ -172,8 +195,22 @@ def run_in(original_run, args, current: Session):
 
 
 def run_clip(original_run, args, current: Session, record: RunRecord):
-    """A CLIP model's run, untouched but for the session's extra fields in its result."""
-    status = original_run(args)
+    """A CLIP model's run, untouched but for the session's extra fields in its result, and one
+    ``diffcls: error:`` line instead of minutes of retries and a traceback when its open_clip
+    weights or its dataset cannot be had (:func:`check_clip_weights`, checked first)."""
+    try:
+        check_clip_weights(args)
+        status = original_run(args)
+    except DiffclsError as err:
+        raise SystemExit(f"diffcls: error: {one_line(err)}") from None
+    except RuntimeError as err:  # open_clip's download failed after its retries
+        if not str(err).startswith("Failed to download weights"):
+            raise
+        reason = str(err).strip().splitlines()[0]
+        raise SystemExit(
+            f"diffcls: error: --model {args.model} --pretrained {args.pretrained}: {reason}; check the network (and HF_ENDPOINT) and run again, "
+            "or pass --pretrained a local weights file"
+        ) from None
     output = record.output = output_path(args, task_of(args))
     if current.extra and os.path.exists(output):  # the one addition to a CLIP model's result
         block = {**current.extra, **{k: v for k, v in (("n_images", record.n_images), ("subset", record.subset)) if v is not None}}
@@ -191,6 +228,8 @@ def run_diffusion(original_run, args, current: Session, record: RunRecord):
         raise SystemExit(f"diffcls: error: {err}") from None
     ctx = checked.context
     output = record.output = ctx.output
+    if current.dry_run:  # the plan and its cost are printed (a preflight note): nothing runs
+        return 0
     if rank == 0 and os.path.exists(output) and not whole_result(output):
         # a run killed while the harness wrote its result leaves an empty or partial file, which
         # --skip_existing would keep forever: it is not a result, so the run makes it again
@@ -220,6 +259,11 @@ def run_diffusion(original_run, args, current: Session, record: RunRecord):
         if record.n_images_expected is not None:
             block["n_images_skipped"] = record.n_images_expected - ctx.model.n_images
         add_result_block(output, {**block, **current.extra})
+    if rank == 0 and world_size == 1 and ctx.model is not None:  # the next run's time estimate on this device
+        from diffcls_plugin.plan import rate_key, record_rate
+
+        stats = ctx.model.stats
+        record_rate(rate_key(ctx.checkpoint, ctx.config, getattr(args, "device", "cuda")), stats.n_unet_evals_computed, stats.seconds_computed)
     return status
 
 
@@ -264,7 +308,20 @@ def add_result_block(path: str, block: dict[str, Any]) -> None:
     with open(path) as f:
         dump: dict[str, Any] = json.load(f)
     dump["diffcls"] = {**dump.get("diffcls", {}), **block}
-    write_json_atomic(path, dump)
+    write_json_atomic(path, strict_json(dump))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity as ``null``: the harness writes ``acc5: NaN`` for fewer
+    than 5 classes, which strict JSON readers (``jq``, JavaScript, ``json.loads`` with
+    ``parse_constant``) refuse; ``diffcls table`` and ``check`` read ``null`` as undefined."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 PATCHES = {

@@ -5,6 +5,8 @@ task, dataset type, classes and labels, the output folder, the prefilter's open_
 timestep weights) and returns the changes it needs the harness's arguments to take, with the notes
 to print, instead of rewriting them itself; :func:`validate_cell` runs the same checks on one
 ``clip_benchmark eval`` command line (``diffcls run`` checks a whole matrix before computing).
+A CLIP model's run gets :func:`check_clip_weights` (its open_clip weights); every dataset build
+goes through :func:`guard_download` (a failed download is one line and leaves no empty folder).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from diffcls_plugin.config import DiffclsConfig, config_from_env
 from diffcls_plugin.data.wds import n_shards, shard_paths, wds_members
-from diffcls_plugin.errors import DiffclsError
+from diffcls_plugin.errors import DiffclsError, short
+from diffcls_plugin.harness.downloads import guard_download
 from diffcls_plugin.harness.names import (
     HARNESS_DEFAULT_PRETRAINED,
     MULTILABEL_DATASETS,
@@ -32,7 +35,7 @@ from diffcls_plugin.harness.names import (
 )
 from diffcls_plugin.harness.session import RunContext, current_session, session
 from diffcls_plugin.samplers import SAMPLERS_BY_MODEL
-from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, hub_offline, resolve_checkpoint, scheduler_length, zoo
+from diffcls_plugin.zoo import DEFAULT_CHECKPOINT, Checkpoint, check_hub_checkpoint, resolve_checkpoint, scheduler_length, zoo
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Preflight:
     context: RunContext
     changes: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cost: Any = None  # the run's planned cost (a diffcls_plugin.plan.Cost), also the last note
 
     def apply(self, args) -> None:
         """Set the changes on the harness's ``args`` and print the notes to stderr."""
@@ -100,7 +104,7 @@ def preflight(args) -> Preflight:
             f"using {count} loader workers (the harness's webdataset loader fails otherwise)"
         )
         changes["num_workers"] = count
-    check_checkpoint_offline(checkpoint, config.allow_pickle)
+    check_checkpoint_offline(checkpoint, config.allow_pickle, getattr(args, "model_cache_dir", None))
     if config.prefilter is not None:
         from diffcls_plugin.prefilter import check_prefilter
 
@@ -121,8 +125,37 @@ def preflight(args) -> Preflight:
             f"--output {args.output!r} writes {output!r}, but the folder {str(folder)!r} does not exist; "
             f"create it first (mkdir -p {folder}) so the result can be written when the run ends"
         )
-    check_dataset(adjusted, task)
-    return Preflight(RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint, output=output), changes, notes)
+    n_classes, labels = check_dataset(adjusted, task)
+    cost = planned_cost(args, config, checkpoint, family, n_classes, labels, current)
+    notes.append(cost.line())
+    return Preflight(RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint, output=output), changes, notes, cost)
+
+
+def planned_cost(args, config: DiffclsConfig, checkpoint: Checkpoint, family: str, n_classes: int, labels, current):
+    """The run's :class:`~diffcls_plugin.plan.Cost`: its images (the session's subset of them), classes and sampler."""
+    from diffcls_plugin.plan import plan
+
+    n_images = len(labels) if labels is not None else None
+    subset = current.subset if current is not None else None
+    if subset is not None:
+        if labels is not None:
+            from diffcls_plugin.data.subset import select
+
+            n_images = len(select(labels, subset))
+        else:
+            n_images = subset.total if subset.total is not None else None
+    return plan(
+        args.model,
+        args.dataset,
+        SAMPLERS_BY_MODEL.get(args.model).name,
+        config,
+        n_classes,
+        n_images,
+        checkpoint=checkpoint,
+        family=family,
+        device=getattr(args, "device", "cuda"),
+        num_train_timesteps=scheduler_length(checkpoint),
+    )
 
 
 def check_timestep_weights(config: DiffclsConfig, family: str, checkpoint: Checkpoint, dataset: str, split: str) -> list[str]:
@@ -162,9 +195,11 @@ def check_tuned(config: DiffclsConfig, model: str, dataset: str, split: str) -> 
     return notes
 
 
-def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool) -> None:
+def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool, cache_dir: str | None = None) -> None:
     """Before any weights load: a local folder's weights must be loadable safetensors (or allowed
-    pickles); an offline run's hub id must be in the hub cache."""
+    pickles); a hub id that is not in the hub cache (``cache_dir``, else the hub's) needs the hub:
+    offline (``HF_HUB_OFFLINE``) or with the hub unreachable (one quick probe, instead of the
+    minutes of retries of a download) the run stops, naming ``hf download`` and the cache."""
     if checkpoint.is_local:
         from safetensors import safe_open
 
@@ -181,16 +216,19 @@ def check_checkpoint_offline(checkpoint: Checkpoint, allow_pickle: bool) -> None
                     f"({err}); download or save the checkpoint again"
                 ) from None
         return
-    if hub_offline():
-        from huggingface_hub import snapshot_download
+    check_hub_checkpoint(checkpoint, cache_dir)
 
-        try:
-            snapshot_download(checkpoint.source, revision=checkpoint.revision, local_files_only=True, allow_patterns=["model_index.json"])
-        except Exception:  # noqa: BLE001 - not in the cache, whatever the exact error class
-            raise DiffclsError(
-                f"--pretrained {checkpoint.name!r} ({checkpoint.source}) is not in the local hub cache and HF_HUB_OFFLINE is set; "
-                f"download it first (huggingface-cli download {checkpoint.source}) or pass a local diffusers folder"
-            ) from None
+
+def check_clip_weights(args) -> None:
+    """Before a CLIP model's run loads: its open_clip weights (``--model``, a ``--pretrained`` tag,
+    ``--model_cache_dir``) are in the local cache, or the hub can be reached (one quick probe);
+    raises :class:`DiffclsError` naming the weights and the command that downloads them."""
+    if getattr(args, "model_type", "open_clip") != "open_clip" or getattr(args, "skip_load", False):
+        return
+    from diffcls_plugin.prefilter import check_open_clip_weights
+
+    subject = f"--model {args.model} --pretrained {args.pretrained}"
+    check_open_clip_weights(args.model, args.pretrained, getattr(args, "model_cache_dir", None), subject, "pass --pretrained a local weights file")
 
 
 def check_image_size(checkpoint: Checkpoint, image_size: int | None) -> None:
@@ -211,9 +249,13 @@ def check_image_size(checkpoint: Checkpoint, image_size: int | None) -> None:
         )
 
 
-def check_dataset(args, task: str) -> None:
+def check_dataset(args, task: str) -> tuple[int, list[int] | None]:
     """Build the dataset once without images (the harness's own builder and arguments) and check its
-    classes and, for a local webdataset, its shards and labels: every data error before any weights load."""
+    classes and, for a local webdataset, its shards and labels: every data error before any weights load.
+
+    Returns:
+        (classes, labels): the number of classes, and every image's label where they can be read
+        without decoding images (``None`` otherwise)."""
     from clip_benchmark.datasets import builder
 
     root = dataset_root(args.dataset_root, args.dataset)
@@ -233,7 +275,7 @@ def check_dataset(args, task: str) -> None:
                 f"{'is' if len(missing) == 1 else 'are'} missing from {str(split_dir)!r}; restore the shards or fix nshards.txt"
             )
     try:
-        dataset = builder.build_dataset(
+        dataset = guard_download(builder.build_dataset)(
             dataset_name=args.dataset,
             root=root,
             transform=None,
@@ -261,6 +303,11 @@ def check_dataset(args, task: str) -> None:
     blank = [i + 1 for i, c in enumerate(classes) if not str(c).strip()]
     if blank:
         raise DiffclsError(f"{where} has blank class names (lines {', '.join(map(str, blank[:5]))}); remove the blank lines")
+    if len(classes) == 1:
+        raise DiffclsError(
+            f"{where} has one class ({short(classes[0])}): every image would be it and top-5 accuracy is undefined; "
+            "a classifier needs at least two class names (add the others)"
+        )
     labels = None
     if local_wds:
         labels = wds_members(Path(root), args.split)[2]
@@ -275,6 +322,7 @@ def check_dataset(args, task: str) -> None:
             split_where = f"{root}/{args.split}" if local_wds else f"--dataset {args.dataset} split {args.split!r}"
             raise DiffclsError(f"{split_where} has no labelled images; check --split and --dataset_root (each sample needs its .cls label)")
         check_labels(labels, len(classes), where)
+    return len(classes), labels
 
 
 def check_labels(labels, n_classes: int, where: str) -> None:
@@ -287,11 +335,11 @@ def check_labels(labels, n_classes: int, where: str) -> None:
         )
 
 
-def validate_cell(argv: list[str], config: DiffclsConfig) -> None:
+def validate_cell(argv: list[str], config: DiffclsConfig, subset=None) -> Preflight | None:
     """Check one ``clip_benchmark eval`` command line of a single (model, dataset) cell as its run
     would, without loading weights or scoring images: for a diffusion model everything
-    :func:`preflight` checks; for a CLIP model the dataset (``diffcls run`` has checked its
-    open_clip name when it loaded the matrix). Raises :class:`DiffclsError`."""
+    :func:`preflight` checks; for a CLIP model its cached weights and the dataset (``diffcls run``
+    has checked its open_clip name when it loaded the matrix). Raises :class:`DiffclsError`."""
     import copy
 
     from clip_benchmark import cli as harness_cli
@@ -306,7 +354,8 @@ def validate_cell(argv: list[str], config: DiffclsConfig) -> None:
     first = lambda value: value[0] if isinstance(value, (list, tuple)) else value  # noqa: E731
     args.model, args.pretrained, args.dataset, args.language = first(args.model), first(args.pretrained), first(args.dataset), first(args.language)
     if is_diffusion_model(args.model_type, args.model):
-        with session(config):
-            preflight(args)
-        return
+        with session(config, subset):
+            return preflight(args)
+    check_clip_weights(args)
     check_dataset(args, task_of(args))
+    return None

@@ -11,9 +11,12 @@ from diffcls_plugin.harness.patches import register
 from diffcls_plugin.harness.session import RunRecord, session
 
 
-def run_harness(argv: list[str], config: DiffclsConfig | None = None, subset: SubsetSpec | None = None, extra: dict[str, Any] | None = None) -> list[RunRecord]:
+def run_harness(
+    argv: list[str], config: DiffclsConfig | None = None, subset: SubsetSpec | None = None, extra: dict[str, Any] | None = None, dry_run: bool = False
+) -> list[RunRecord]:
     """Run ``clip_benchmark.cli.main`` in this process with ``argv``, a config and an optional subset;
     ``extra`` goes into the ``diffcls`` block of every result it writes (in the same single write).
+    ``dry_run`` checks every run and prints its plan and cost, computing nothing.
 
     Returns:
         one record per harness run, in order.
@@ -24,7 +27,7 @@ def run_harness(argv: list[str], config: DiffclsConfig | None = None, subset: Su
     saved = sys.argv
     sys.argv = list(argv)
     try:
-        with session(config, subset, extra) as current:
+        with session(config, subset, extra, dry_run) as current:
             harness_cli.main()
             return list(current.records)
     finally:

@@ -63,19 +63,22 @@ class Session:
     records: list[RunRecord] = field(default_factory=list)
     record: RunRecord | None = None  # the run in progress
     active: RunContext | None = None  # ... when it is a diffusion model's
+    dry_run: bool = False  # check every run and print its plan and cost, run none
 
 
 _SESSION: ContextVar[Session | None] = ContextVar("diffcls_session", default=None)
 
 
 @contextlib.contextmanager
-def session(config: DiffclsConfig | None = None, subset: SubsetSpec | None = None, extra: dict[str, Any] | None = None) -> Iterator[Session]:
+def session(
+    config: DiffclsConfig | None = None, subset: SubsetSpec | None = None, extra: dict[str, Any] | None = None, dry_run: bool = False
+) -> Iterator[Session]:
     """Run harness evaluations in this context with ``config`` (instead of ``$DIFFCLS_CONFIG``) and
     on a stratified ``subset`` of every dataset (see :mod:`subset`); yields the session, whose
-    ``records`` fill as runs finish."""
+    ``records`` fill as runs finish. ``dry_run`` checks every run and prints its cost, running none."""
     if subset is not None:
         subset.validate()
-    token = _SESSION.set(Session(config, subset, dict(extra or {})))
+    token = _SESSION.set(Session(config, subset, dict(extra or {}), dry_run=dry_run))
     try:
         yield _SESSION.get()
     finally:

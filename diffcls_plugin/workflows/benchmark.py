@@ -335,8 +335,9 @@ def _argv(config: BenchmarkConfig, run: Run, out_dir: Path) -> list[str]:
     return argv
 
 
-def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -> list[Path]:
+def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print, dry_run: bool = False) -> list[Path]:
     """Run every cell of the matrix through the harness; skip cells whose result has the same hash.
+    With ``dry_run``, check every cell and print its plan and cost, computing nothing (returns ``[]``).
 
     Every cell to run is validated first (model and checkpoint names, checkpoints resolvable
     offline, dataset names and roots, classes and labels): any invalid cell stops the matrix
@@ -362,14 +363,20 @@ def run_benchmark(config: BenchmarkConfig, *, force: bool = False, echo=print) -
             echo(f"{head}: skipped, {run.output} has the same config ({run.config_hash})")
             continue
         todo.append((head, run, _argv(config, run, out_dir)))
-    invalid = []
+    invalid, costs = [], []
     for head, run, argv in todo:
         try:
-            validate_cell(argv, run.diffcls or DiffclsConfig())
+            checked = validate_cell(argv, run.diffcls or DiffclsConfig(), config.subset)
+            costs.append(f"{head}: {checked.cost.line() if checked is not None else 'a CLIP row'}")
         except DiffclsError as err:
             invalid.append(f"{head}: {err}")
     if invalid:
         raise DiffclsError(f"{len(invalid)} of {len(todo)} cells cannot run; nothing was computed:\n  " + "\n  ".join(invalid))
+    if dry_run:
+        for line in costs:
+            echo(line)
+        echo(f"dry run: {len(todo)} of {len(runs)} cells would run; nothing was computed")
+        return []
     failed = []
     for head, run, argv in todo:
         echo(f"{head}: running -> {run.output}")

@@ -36,7 +36,7 @@ def collect_errors(model, loader, progress: bool = True, counts: dict | None = N
     import torch
     from tqdm.auto import tqdm
 
-    from diffcls_plugin.store import error_rows_key, image_key
+    from diffcls_plugin.keys import error_rows_key, image_key
 
     if model.timestep_weights is not None:
         raise DiffclsError("collect the errors without timestep weights (set timestep_weights: null)")

@@ -115,24 +115,53 @@ def _block(path: Path, block: Any) -> dict[str, Any]:
 
 
 def _check_adds_up(path: Path, block: dict[str, Any]) -> None:
-    """A run that took nothing from the store computed every evaluation it reports: its cost per
-    image times its images must be the evaluations it records as computed, and its stop reasons
-    must count its images (a hand-edited cost would otherwise pass ``check`` and top the table)."""
+    """A result's own counters must agree with its claims (a hand-edited cost would otherwise pass
+    ``check`` and top the table): a run that took nothing from the store computed every evaluation
+    it reports, so its cost per image times its images is the evaluations it records as computed;
+    with images from the store, the images computed now are part of the result, so its cost is at
+    least what it computed now; its stop reasons and its ranks' shares count its images."""
     computed, n = block.get("computed"), block.get("n_images")
     per_image = block.get("unet_evals_per_image")
-    if not isinstance(computed, dict) or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         return
     damaged = f"{path}: the 'diffcls' block does not add up"
     fix = "the file was edited or damaged: rerun it"
-    if computed.get("n_images_from_store") == 0 and isinstance(per_image, (int, float)) and isinstance(computed.get("unet_evals"), (int, float)):
-        total = per_image * n
-        if abs(total - computed["unet_evals"]) > max(1.0, 1e-6 * total):
+    if isinstance(computed, dict) and _count(computed.get("n_images_from_store")) is not None and _count(computed.get("n_images")) is not None:
+        if computed["n_images"] + computed["n_images_from_store"] != n:
             raise DiffclsError(
-                f"{damaged}: {per_image:g} UNet evaluations per image for {n} images is {total:,.0f}, but it records {computed['unet_evals']:,} computed; {fix}"
+                f"{damaged}: {computed['n_images']} images computed and {computed['n_images_from_store']} from the store are not its n_images {n}; {fix}"
             )
+        evals = computed.get("unet_evals")
+        if isinstance(per_image, (int, float)) and not isinstance(per_image, bool) and isinstance(evals, (int, float)) and not isinstance(evals, bool):
+            total = per_image * n
+            slack = max(1.0, 1e-6 * total)
+            if computed["n_images_from_store"] == 0 and abs(total - evals) > slack:
+                raise DiffclsError(
+                    f"{damaged}: {per_image:g} UNet evaluations per image for {n} images is {total:,.0f}, but it records {evals:,} computed; {fix}"
+                )
+            if total < evals - slack:
+                raise DiffclsError(
+                    f"{damaged}: {per_image:g} UNet evaluations per image for {n} images is {total:,.0f}, fewer than the {evals:,} "
+                    f"it computed for {computed['n_images']} of them; {fix}"
+                )
     reasons = block.get("stop_reasons")
-    if isinstance(reasons, dict) and all(isinstance(v, int) for v in reasons.values()) and reasons and sum(reasons.values()) != n:
+    if isinstance(reasons, dict) and all(_count(v) is not None for v in reasons.values()) and reasons and sum(reasons.values()) != n:
         raise DiffclsError(f"{damaged}: its stop reasons count {sum(reasons.values())} images, its n_images is {n}; {fix}")
+    by_image = block.get("unet_evals_by_image")
+    if isinstance(by_image, list) and all(_count(v) is not None for v in by_image) and isinstance(per_image, (int, float)):
+        if len(by_image) != n or abs(sum(by_image) - per_image * n) > max(1.0, 1e-6 * per_image * n):
+            raise DiffclsError(
+                f"{damaged}: its {len(by_image)} per-image evaluations sum to {sum(by_image):,}, "
+                f"but {per_image:g} per image for {n} images is {per_image * n:,.0f}; {fix}"
+            )
+    shares = block.get("distributed", {}).get("images_per_rank") if isinstance(block.get("distributed"), dict) else None
+    if isinstance(shares, list) and shares and all(_count(v) is not None for v in shares) and sum(shares) != n:
+        raise DiffclsError(f"{damaged}: its ranks' images {shares} count {sum(shares)}, its n_images is {n}; {fix}")
+
+
+def _count(value: Any) -> int | None:
+    """``value`` when it is a count (an int >= 0, not a bool), else ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @dataclass

@@ -216,7 +216,7 @@ def reference_from(results: list[Result], previous: dict[str, Any] | None = None
     previous = previous or {}
     entries = []
     for r in sorted(results, key=lambda r: (r.label, r.dataset)):
-        values = {m: r.value(m) for m in metrics if r.value(m) is not None}
+        values = {m: r.value(m) for m in metrics if r.value(m) is not None and not math.isnan(r.value(m))}  # undefined: not checked
         entry: dict[str, Any] = {"label": r.label, "dataset": r.dataset, "metrics": values}
         if r.diffcls.get("n_images"):
             entry["n_images"] = r.diffcls["n_images"]

@@ -96,7 +96,7 @@ def check_request(budgets, families, k: int, out, plot, config: DiffclsConfig, s
 
 
 def _fingerprint(checkpoint) -> str:
-    from diffcls_plugin.store import checkpoint_fingerprint
+    from diffcls_plugin.keys import checkpoint_fingerprint
 
     return hashlib.sha256(json.dumps(checkpoint_fingerprint(checkpoint), sort_keys=True).encode()).hexdigest()
 

@@ -46,6 +46,54 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+PROBE_TIMEOUT = 3.0  # seconds a hub probe waits, unless HF_HUB_ETAG_TIMEOUT says otherwise
+
+
+def hub_cache(cache_dir: str | None = None) -> str:
+    """Where hub downloads go: ``cache_dir``, else the hub's cache (``HF_HUB_CACHE``, default ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
+
+
+def hub_unavailable(url: str | None = None) -> str | None:
+    """Why nothing can be downloaded from the hub (or ``url``) now, for an error message; ``None``
+    when it can. Offline (``HF_HUB_OFFLINE``) says so at once; otherwise one HEAD request, without
+    retries and with a short timeout (``HF_HUB_ETAG_TIMEOUT`` seconds when set, else 3), probes the
+    hub's endpoint (``HF_ENDPOINT``): any HTTP answer means it is reachable. The hub's own downloads
+    retry an unreachable endpoint for about 25 s per file before failing."""
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    where = url or f"the hub {constants.ENDPOINT}"
+    try:
+        timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or PROBE_TIMEOUT)
+    except ValueError:
+        timeout = PROBE_TIMEOUT
+    try:
+        status = get_session().head(url or constants.ENDPOINT, timeout=timeout).status_code
+    except Exception as err:  # noqa: BLE001 - DNS, refused, timed out, TLS, proxy: all mean "cannot be reached"
+        lines = str(err).strip().splitlines()
+        reason = lines[0] if lines else type(err).__name__
+        slow = f"; no answer in {timeout:g} s: on a slow network raise HF_HUB_ETAG_TIMEOUT" if "Timeout" in type(err).__name__ else ""
+        return f"{where} cannot be reached ({reason}{slow})"
+    if status == 408 or status >= 500:  # a proxy's 502 or 504, an outage: the statuses the hub's downloads retry
+        return f"{where} cannot be reached (it answers HTTP {status})"
+    return None
+
+
+def hf_download_command(repo_id: str, revision: str | None = None, cache_dir: str | None = None) -> str:
+    """The ``hf download`` command (huggingface_hub's CLI) that puts ``repo_id`` where a run reads it."""
+    words = ["hf download", repo_id]
+    if revision and revision != "main":
+        words += ["--revision", revision]
+    if cache_dir:
+        words += ["--cache-dir", str(cache_dir)]
+    return " ".join(words)
+
+
 def folder_family(path: Path) -> str:
     """A local folder's family from its ``model_index.json`` (``sd`` when it has none or an
     unknown class: the adapter loader names unsupported classes)."""
@@ -125,6 +173,26 @@ def resolve_checkpoint(pretrained: str) -> Checkpoint:
         f"unknown --pretrained {pretrained!r}.{did} Use a zoo name ({', '.join(entries)}), "
         "a hub id such as stabilityai/stable-diffusion-2-base, or a local folder in diffusers layout"
     )
+
+
+def check_hub_checkpoint(checkpoint: Checkpoint, cache_dir: str | None = None) -> None:
+    """Before any weights load: a hub checkpoint that is not in the hub cache (``cache_dir``, else
+    the hub's) needs the hub; offline, or with the hub unreachable (:func:`hub_unavailable`: one
+    quick probe instead of minutes of retries), raise a :class:`DiffclsError` naming the checkpoint,
+    the ``hf download`` command and the cache. A local folder passes."""
+    if checkpoint.is_local:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(checkpoint.source, "model_index.json", cache_dir=cache_dir, revision=checkpoint.revision), str):
+        return  # cached (a partial download is named by the loader)
+    why = hub_unavailable()
+    if why is not None:
+        raise DiffclsError(
+            f"--pretrained {checkpoint.name!r} ({checkpoint.source}) is not in the local hub cache and {why}; download it first "
+            f"with network access ({hf_download_command(checkpoint.source, checkpoint.revision, cache_dir)}; "
+            f"the cache is {hub_cache(cache_dir)}) or pass a local diffusers folder"
+        )
 
 
 def check_diffusers_folder(path: Path) -> None:
