@@ -30,6 +30,25 @@ RATES_FILE = "rates.json"
 # end-to-end baseline-32 UNet evaluations per second on one H200, bf16, harness batches of 64
 # (docs/performance.md, "GPU timings"): an estimate for other GPUs, image sizes and samplers
 GPU_RATES = {"sd": (302.0, "SD 2 base"), "sdxl": (53.0, "SDXL base"), "sd3": (40.0, "SD3 medium")}
+# (images, classes) of common harness datasets' test splits: the cost of a run whose data is not here yet
+KNOWN_TEST_SPLITS = {
+    "cifar10": (10_000, 10),
+    "cifar100": (10_000, 100),
+    "mnist": (10_000, 10),
+    "stl10": (8_000, 10),
+    "imagenet1k": (50_000, 1000),
+    "imagenetv2": (10_000, 1000),
+    "imagenet_sketch": (50_889, 1000),
+    "imagenet-a": (7_500, 200),
+    "imagenet-r": (30_000, 200),
+    "food101": (25_250, 101),
+    "gtsrb": (12_630, 43),
+    "fgvc_aircraft": (3_333, 100),
+    "cars": (8_041, 196),
+    "dtd": (1_880, 47),
+    "pets": (3_669, 37),
+    "flowers": (6_149, 102),
+}
 FULL_SIZE_BYTES = 100_000_000  # a denoiser above this is a real checkpoint (the tiny test models are a few MB)
 LONG_RUN_SECONDS = 3600.0
 MIN_MEASURED_SECONDS = 1.0  # shorter runs do not record a rate

@@ -220,3 +220,30 @@ def test_the_probe_is_one_quick_request_and_any_answer_but_an_outage_means_reach
     from diffcls_plugin.zoo import hub_unavailable
 
     assert hub_unavailable() == "HF_HUB_OFFLINE is set"  # this process is offline (conftest): no request at all
+
+
+def test_a_run_that_cannot_start_yet_still_says_what_it_would_cost(tmp_path, monkeypatch, capsys):
+    """The SD2/CIFAR10 line on a fresh machine (no checkpoint, no data, no hub): the cost first,
+    from the harness's class names and CIFAR10's known test size, then the real cause."""
+    import sys
+
+    from diffcls_plugin import register
+
+    register()
+    from clip_benchmark import cli as harness_cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["clip_benchmark", "eval", "--model", "diffusion-hier", "--dataset", "cifar10", "--dataset_root", str(tmp_path / "data")])
+    _, args = harness_cli.get_parser_args()
+    with pytest.raises(SystemExit) as exc:
+        harness_cli.main_eval(args)
+    err = capsys.readouterr().err
+    cost = [line for line in err.splitlines() if line.startswith("diffcls: cost:")]
+    assert cost == [
+        "diffcls: cost: diffusion-hier on cifar10: 10,000 images x 10 classes, 124 UNet evaluations per image (fixed schedule), 1,240,000 in all; "
+        "no time estimate (no rate measured on this device yet); this is a full-size checkpoint on a CPU, where a UNet evaluation takes seconds: "
+        "a GPU is needed in practice; for a first look, `diffcls eval --subset-per-class 5 ...` evaluates 5 images per class"
+    ]
+    assert "hf download stabilityai/stable-diffusion-2-base" in str(exc.value.code)

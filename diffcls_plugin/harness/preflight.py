@@ -104,7 +104,11 @@ def preflight(args) -> Preflight:
             f"using {count} loader workers (the harness's webdataset loader fails otherwise)"
         )
         changes["num_workers"] = count
-    check_checkpoint_offline(checkpoint, config.allow_pickle, getattr(args, "model_cache_dir", None))
+    try:
+        check_checkpoint_offline(checkpoint, config.allow_pickle, getattr(args, "model_cache_dir", None))
+    except DiffclsError:
+        say_early_cost(args, config, checkpoint)  # what the run would cost once its checkpoint is here
+        raise
     if config.prefilter is not None:
         from diffcls_plugin.prefilter import check_prefilter
 
@@ -129,6 +133,33 @@ def preflight(args) -> Preflight:
     cost = planned_cost(args, config, checkpoint, family, n_classes, labels, current)
     notes.append(cost.line())
     return Preflight(RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint, output=output), changes, notes, cost)
+
+
+def say_early_cost(args, config: DiffclsConfig, checkpoint: Checkpoint) -> None:
+    """Print the cost line of a run that cannot start yet, for the common datasets whose test split
+    is known without its files (:data:`~diffcls_plugin.plan.KNOWN_TEST_SPLITS`); nothing for others."""
+    from diffcls_plugin.plan import KNOWN_TEST_SPLITS, plan
+
+    if args.split != "test" or args.dataset not in KNOWN_TEST_SPLITS:
+        return
+    n_images, n_classes = KNOWN_TEST_SPLITS[args.dataset]
+    current = current_session()
+    subset = current.subset if current is not None else None
+    if subset is not None:  # every class of these has more images than a subset takes
+        n_images = min(n_images, subset.total if subset.total is not None else subset.per_class * n_classes)
+    sampler = SAMPLERS_BY_MODEL.get(args.model).name
+    cost = plan(
+        args.model,
+        args.dataset,
+        sampler,
+        config,
+        n_classes,
+        n_images,
+        checkpoint=checkpoint,
+        family=checkpoint.family or "sd",
+        device=getattr(args, "device", "cuda"),
+    )
+    print(f"diffcls: {cost.line()}", file=sys.stderr)
 
 
 def planned_cost(args, config: DiffclsConfig, checkpoint: Checkpoint, family: str, n_classes: int, labels, current):
