@@ -196,6 +196,9 @@ def test_tune_then_the_unmodified_harness_runs_the_tuned_config(tmp_path, monkey
     assert code == 0, output
     assert "30 images x 10 classes x 32 timesteps = 9,600 UNet evaluations" in output
     assert "tune: 30 images computed, 0 read from the store" in output
+    # off a terminal the errors' progress is plain log lines (the classifier's display), no bar
+    assert re.search(r"errors: 30/30 images in \d+:\d\d:\d\d, [\d.]+ UNet evals/s, 320\.0 evals/img, 0 from store", output), output
+    assert "\r" not in output and "\x1b" not in output and "it/s" not in output
     first = out.read_text()
     doc = yaml.safe_load(first)
     tuned = doc["tuned"]
@@ -207,6 +210,7 @@ def test_tune_then_the_unmodified_harness_runs_the_tuned_config(tmp_path, monkey
 
     code, output = invoke([*args, "--out", str(out)], tmp_path)
     assert code == 0 and "tune: 0 images computed, 30 read from the store" in output, output
+    assert "errors: 30/30 images in" in output and "30 from store" in output
     assert out.read_text() == first  # the same errors, the same choice
 
     root = re.search(r"--dataset_root (\S+)", command).group(1)

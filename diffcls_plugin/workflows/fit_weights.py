@@ -33,9 +33,12 @@ def collect_errors(model, loader, progress: bool = True, counts: dict | None = N
     Returns:
         ``(errors, labels, timesteps)``: (N, C, T) float64 errors, (N,) labels, (T,) timesteps.
     """
-    import torch
-    from tqdm.auto import tqdm
+    import time
 
+    import torch
+
+    from diffcls_plugin.classifier.progress import ProgressBar
+    from diffcls_plugin.classifier.stats import RunStats
     from diffcls_plugin.keys import error_rows_key, image_key
 
     if model.timestep_weights is not None:
@@ -46,8 +49,9 @@ def collect_errors(model, loader, progress: bool = True, counts: dict | None = N
     run = error_rows_key(model.run_description(), grid) if store is not None else None
     errors, labels = [], []
     done = {"computed": 0, "from_store": 0}
-    bar = tqdm(desc="errors: images", unit="img", total=total, disable=not progress, dynamic_ncols=True)
+    bar, stats = ProgressBar("errors", total, enabled=progress), RunStats()  # one bar on a terminal, log lines off one
     for pixels, targets in loader:
+        start = time.perf_counter()
         keys = [image_key(p) for p in pixels] if store is not None else []
         stored = store.get_errors(run, keys) if store is not None else {}
         stored = {k: v for k, v in stored.items() if tuple(v.shape) == (n_classes, len(grid))}
@@ -68,9 +72,11 @@ def collect_errors(model, loader, progress: bool = True, counts: dict | None = N
         labels += [int(y) for y in targets]
         done["computed"] += len(missing)
         done["from_store"] += len(pixels) - len(missing)
-        bar.update(len(pixels))
-        if store is not None:
-            bar.set_postfix(from_store=done["from_store"], refresh=False)
+        evals = len(pixels) * n_classes * len(grid)
+        stats.n_images, stats.n_images_computed = stats.n_images + len(pixels), stats.n_images_computed + len(missing)
+        stats.n_unet_evals, stats.n_unet_evals_computed = stats.n_unet_evals + evals, stats.n_unet_evals_computed + len(missing) * n_classes * len(grid)
+        stats.seconds_computed += time.perf_counter() - start
+        bar.update(len(pixels), stats, with_store=store is not None)
     bar.close()
     if counts is not None:
         counts.update(done)
