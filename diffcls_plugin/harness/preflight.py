@@ -130,7 +130,7 @@ def preflight(args) -> Preflight:
             f"create it first (mkdir -p {folder}) so the result can be written when the run ends"
         )
     n_classes, labels = check_dataset(adjusted, task)
-    cost = planned_cost(args, config, checkpoint, family, n_classes, labels, current)
+    cost = planned_cost(args, config, checkpoint, family, n_classes, labels)
     notes.append(cost.line())
     return Preflight(RunContext(config=config, seed=int(args.seed), checkpoint=checkpoint, output=output), changes, notes, cost)
 
@@ -138,43 +138,28 @@ def preflight(args) -> Preflight:
 def say_early_cost(args, config: DiffclsConfig, checkpoint: Checkpoint) -> None:
     """Print the cost line of a run that cannot start yet, for the common datasets whose test split
     is known without its files (:data:`~diffcls_plugin.plan.KNOWN_TEST_SPLITS`); nothing for others."""
-    from diffcls_plugin.plan import KNOWN_TEST_SPLITS, plan
+    from diffcls_plugin.plan import KNOWN_TEST_SPLITS
 
     if args.split != "test" or args.dataset not in KNOWN_TEST_SPLITS:
         return
     n_images, n_classes = KNOWN_TEST_SPLITS[args.dataset]
-    current = current_session()
-    subset = current.subset if current is not None else None
-    if subset is not None:  # every class of these has more images than a subset takes
-        n_images = min(n_images, subset.total if subset.total is not None else subset.per_class * n_classes)
-    sampler = SAMPLERS_BY_MODEL.get(args.model).name
-    cost = plan(
-        args.model,
-        args.dataset,
-        sampler,
-        config,
-        n_classes,
-        n_images,
-        checkpoint=checkpoint,
-        family=checkpoint.family or "sd",
-        device=getattr(args, "device", "cuda"),
-    )
-    print(f"diffcls: {cost.line()}", file=sys.stderr)
+    print(f"diffcls: {planned_cost(args, config, checkpoint, checkpoint.family or 'sd', n_classes, n_images=n_images).line()}", file=sys.stderr)
 
 
-def planned_cost(args, config: DiffclsConfig, checkpoint: Checkpoint, family: str, n_classes: int, labels, current):
-    """The run's :class:`~diffcls_plugin.plan.Cost`: its images (the session's subset of them), classes and sampler."""
+def planned_cost(args, config: DiffclsConfig, checkpoint: Checkpoint, family: str, n_classes: int, labels=None, n_images: int | None = None):
+    """The run's :class:`~diffcls_plugin.plan.Cost`: its images (the session's subset of its
+    ``labels`` when they can be read, else of ``n_images`` when that is known), classes and sampler."""
     from diffcls_plugin.plan import plan
 
-    n_images = len(labels) if labels is not None else None
+    current = current_session()
     subset = current.subset if current is not None else None
-    if subset is not None:
-        if labels is not None:
-            from diffcls_plugin.data.subset import select
+    if labels is not None:
+        from diffcls_plugin.data.subset import select
 
-            n_images = len(select(labels, subset))
-        else:
-            n_images = subset.total if subset.total is not None else None
+        n_images = len(select(labels, subset)) if subset is not None else len(labels)
+    elif subset is not None:  # without labels, a subset's size is known from its total, or capped by it
+        cap = subset.total if subset.total is not None else (subset.per_class * n_classes if n_images is not None else None)
+        n_images = cap if n_images is None else min(n_images, cap)
     return plan(
         args.model,
         args.dataset,
