@@ -10,7 +10,7 @@ validated, whichever sampler runs::
     image_size: null         # null = the checkpoint's native resolution
     unet_batch_size: 32
     allow_pickle: false
-    compile: false
+    compile: false           # true: torch.compile the denoiser (fixed pass sizes) | graphs: also CUDA graphs
     resume: true             # reuse finished images from $DIFFCLS_CACHE/outcomes.sqlite
     on_corrupt: skip         # a corrupt image in a webdataset shard: skip (named, counted) | stop
     prefilter: null          # or {model: RN50, pretrained: openai, top_k: 20}: CLIP keeps each image's top_k classes
@@ -143,11 +143,17 @@ class DiffclsConfig:
             Li et al.), ``ensemble`` (mean of the prompts' text-encoder embeddings, one UNet
             evaluation per class) or ``all`` (score every prompt and average the errors; costs
             one UNet evaluation per prompt).
-        dtype: compute precision; ``auto`` is fp16 on CUDA and fp32 on CPU.
+        dtype: compute precision; ``auto`` is bf16 on Ampere and newer GPUs, fp16 on older ones
+            and fp32 on a CPU.
         image_size: input resolution in pixels; ``None`` is the checkpoint's native resolution.
         unet_batch_size: UNet inputs per forward pass.
         allow_pickle: allow loading ``.bin``/``.ckpt`` pickle weights when no safetensors exist.
-        compile: ``torch.compile`` the UNet (opt-in; pays off on long GPU runs).
+        compile: ``true``: ``torch.compile`` the denoiser, its forward passes padded to a few
+            fixed sizes (:func:`~diffcls_plugin.calls.buckets`: the multiples of an eighth of
+            ``unet_batch_size`` and the powers of two below it) so it compiles once per size
+            and never again as a pruning sampler's rounds shrink; ``graphs``: the same with
+            CUDA graphs (a GPU); ``false`` (default): eager. Opt-in: compiling takes a minute or
+            more per size and pays off on long GPU runs; rankings and counts are the same.
         resume: commit each image's outcome to the store of :mod:`diffcls_plugin.store` as it
             finishes and reuse finished images when the same run is repeated (e.g. after an
             interruption); ``false`` neither reads nor writes it (so does ``DIFFCLS_RESUME=0``).
@@ -172,7 +178,7 @@ class DiffclsConfig:
     image_size: int | None = None
     unet_batch_size: int = 32
     allow_pickle: bool = False
-    compile: bool = False
+    compile: bool | str = False
     resume: bool = True
     on_corrupt: str = "skip"
     prefilter: PrefilterOptions | None = None
@@ -199,7 +205,9 @@ class DiffclsConfig:
 
         if isinstance(self.unet_batch_size, bool) or not isinstance(self.unet_batch_size, int) or self.unet_batch_size < 1:
             raise DiffclsError(f"unet_batch_size must be a positive integer, got {short(self.unet_batch_size)}")
-        for key in ("allow_pickle", "compile", "resume"):
+        if not (isinstance(self.compile, bool) or self.compile == "graphs"):
+            raise DiffclsError(f"compile must be true, false or graphs, got {short(self.compile)}")
+        for key in ("allow_pickle", "resume"):
             if not isinstance(getattr(self, key), bool):
                 raise DiffclsError(f"{key} must be true or false, got {short(getattr(self, key))}")
         if self.prefilter is not None:

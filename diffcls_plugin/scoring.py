@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 
 import torch
 
+from diffcls_plugin.calls import CallLog, padded, split
 from diffcls_plugin.errors import DiffclsError
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,15 @@ class ImageBatchScorer:
         batch_size: UNet inputs per forward pass; halved (and kept) after an out-of-memory error.
         weights: ``None``, or :class:`~diffcls_plugin.weighting.TimestepWeights` multiplying each
             error at timestep ``t`` by ``weights.at(t)``.
+        buckets: ``None`` (every pass runs at its own size), or the fixed pass sizes of a compiled
+            denoiser (:func:`~diffcls_plugin.calls.buckets`): each pass is padded up to the next
+            one with copies of its last input, whose errors are dropped.
 
     Attributes:
-        unet_evals: per image, the UNet evaluations spent on it so far.
+        unet_evals: per image, the UNet evaluations spent on it so far (padding excluded).
         batch_size: the batch size in use.
+        calls: the :class:`~diffcls_plugin.calls.CallLog` of every forward pass, by round (one
+            call of the scorer is one round).
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class ImageBatchScorer:
         loss: str,
         batch_size: int,
         weights=None,
+        buckets: tuple[int, ...] | None = None,
     ) -> None:
         self.adapter = adapter
         self.latents = latents
@@ -89,6 +95,9 @@ class ImageBatchScorer:
         self.weights = weights
         self.latent_shape = tuple(latents.shape[1:])
         self.unet_evals = [0] * len(latents)
+        self.buckets = buckets
+        self.calls = CallLog()
+        self._round = 0
 
     def _halve_batch_size(self) -> None:
         if self.batch_size == 1:
@@ -97,6 +106,12 @@ class ImageBatchScorer:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         logger.warning("diffcls: out of memory; UNet batch size halved to %d for the rest of the run", self.batch_size)
+
+    def _sizes(self) -> tuple[int, ...] | None:
+        """The buckets that fit the batch size in use (it halves after an out-of-memory error)."""
+        if self.buckets is None:
+            return None
+        return tuple(b for b in self.buckets if b < self.batch_size) + (self.batch_size,)
 
     def _non_finite_cause(self) -> str:
         """Why the UNet gave a non-finite error, as far as can be told, and what to do."""
@@ -132,27 +147,33 @@ class ImageBatchScorer:
         for key in dict.fromkeys(in_noise):
             i, t, n = key
             noises[key] = make_noise(self.seeds[i], t, n, self.latent_shape)
-        errors = torch.empty(len(owner), dtype=torch.float32)
+        # passes are queued without waiting for each other's errors: one copy back per round, so on
+        # a GPU the next pass's inputs are prepared while the last one computes
+        outs: list[torch.Tensor] = []
         start = 0
         while start < len(owner):
-            # equal chunks of at most batch_size: no small last batch (e.g. 640 -> 3 x 214, not 256 + 256 + 128)
-            remaining = len(owner) - start
-            sl = slice(start, start + math.ceil(remaining / math.ceil(remaining / self.batch_size)))
-            idx = torch.tensor(in_image[sl])
+            size = split(len(owner) - start, self.batch_size)[0]  # equal passes: no small leftover
+            run_size = padded(size, self._sizes())
+            take = list(range(start, start + size)) + [start + size - 1] * (run_size - size)  # padding: copies of the last input
+            idx = torch.tensor([in_image[k] for k in take])
             try:
-                errors[sl] = self.adapter.errors(
+                out = self.adapter.errors(
                     self.latents[idx.to(self.latents.device)],
-                    torch.stack([noises[key] for key in in_noise[sl]]),
-                    torch.tensor(in_t[sl], dtype=torch.long),
-                    self.embeds[torch.tensor(in_row[sl], device=self.embeds.device)],
+                    torch.stack([noises[in_noise[k]] for k in take]),
+                    torch.tensor([in_t[k] for k in take], dtype=torch.long),
+                    self.embeds[torch.tensor([in_row[k] for k in take], device=self.embeds.device)],
                     self.loss,
-                ).cpu()
+                )
             except torch.OutOfMemoryError:
                 self._halve_batch_size()
                 continue
-            if not torch.isfinite(errors[sl]).all():
-                raise DiffclsError(self._non_finite_cause())
-            start = sl.stop
+            outs.append(out[:size])
+            self.calls.add(self._round, size, run_size)
+            start += size
+        self._round += 1
+        errors = torch.cat(outs).float().cpu() if outs else torch.empty(0)
+        if not torch.isfinite(errors).all():
+            raise DiffclsError(self._non_finite_cause())
         per_triple = torch.zeros(len(image_idx), dtype=torch.float64)
         per_triple.index_add_(0, torch.tensor(owner), errors.double())
         counts = torch.tensor([len(rows[c]) for c in class_idx], dtype=torch.float64)

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CLASSNAMES
+import pytest
+from conftest import CLASSNAMES, run_clip_benchmark
 
 
 def clip_benchmark_script() -> str:
@@ -62,9 +63,7 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds)
     resumed = json.loads((tmp_path / "again.json").read_text())
     assert resumed["diffcls"]["computed"]["n_images_from_store"] == len(images)  # rank 0 committed rank 1's images too
     assert {rank for rank, _, _ in (line.split() for line in opened.read_text().splitlines() if line.endswith("outcomes.sqlite"))} == {"0"}
-    one = subprocess.run(
-        [clip_benchmark_script(), *args, "--output", str(tmp_path / "one.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    one = run_clip_benchmark(*args, "--output", tmp_path / "one.json", cwd=tmp_path, env=env)  # forked (conftest), as the console script runs
     assert one.returncode == 0, one.stderr[-4000:]
     a, b = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
     assert a["metrics"] == b["metrics"]
@@ -77,9 +76,37 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, tiny_sd, tiny_wds)
     assert resumed["metrics"] == a["metrics"] and resumed["diffcls"]["distributed"]["images_per_rank"] == [len(images), 0]
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["again.json", "one.json", "two.json"]  # rank 1 wrote nothing
 
-    refused = subprocess.run(
-        [*torchrun, *args, "--distributed", "--output", str(tmp_path / "x.json")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+
+def test_the_harness_distributed_flag_is_refused_under_torchrun_before_joining_a_process_group(tmp_path, tiny_sd, tiny_wds, monkeypatch):
+    """``torchrun --nproc_per_node 2 clip_benchmark eval ... --distributed``, rank 0's side, in this
+    process: the harness's --distributed hands the one run to rank 0 (rank 1 gets none and exits),
+    and the refusal reads only torchrun's environment, before any process group is joined (joining
+    one here fails the test instead of waiting for a rank 1 that never comes)."""
+    import torch.distributed as dist
+
+    from diffcls_plugin import distributed, register
+
+    register()
+    from clip_benchmark import cli as harness_cli
+
+    def no_process_group(*args, **kwargs):
+        raise AssertionError("joined a process group before refusing --distributed")
+
+    monkeypatch.setattr(distributed, "init_from_env", no_process_group)
+    monkeypatch.setattr(dist, "init_process_group", no_process_group)
+    root, _, _ = tiny_wds
+    config = tmp_path / "diffcls.yaml"
+    config.write_text("hierarchical:\n  n_timesteps: 8\n  beam_factor: 1.5\n")
+    torchrun_env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for name, value in {**torchrun_env, "DIFFCLS_CONFIG": str(config)}.items():
+        monkeypatch.setenv(name, value)
+    args = ["--model", "diffusion-hier", "--pretrained", str(tiny_sd), "--dataset", "wds/tiny", "--dataset_root", str(root), "--batch_size", "5"]
+    monkeypatch.setattr(
+        sys, "argv", ["clip_benchmark", "eval", *args, "--num_workers", "0", "--seed", "3", "--distributed", "--output", str(tmp_path / "x.json")]
     )
-    assert refused.returncode != 0
-    assert "diffcls: error: --distributed shards whole runs over the torchrun ranks" in refused.stderr
+    _, base = harness_cli.get_parser_args()
+    with pytest.raises(SystemExit) as refused:
+        harness_cli.main_eval(base)
+    assert str(refused.value.code).startswith("diffcls: error: --distributed shards whole runs over the torchrun ranks")  # exit status 1
+    assert "\n" not in str(refused.value.code) and not dist.is_initialized()
     assert not (tmp_path / "x.json").exists()

@@ -25,6 +25,7 @@ A block without a marker fails, and so does a fence without a language.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import importlib.util
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness_server import run_harness
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README.md", REPO / "bench" / "proxies" / "README.md"]
@@ -177,9 +179,13 @@ def help_flags(*argv: str) -> frozenset[str]:
     return frozenset(re.findall(r"--[A-Za-z][\w-]*", result.stdout))
 
 
+@functools.cache
 def harness_flags() -> frozenset[str]:
+    """Every ``--flag`` ``clip_benchmark eval --help`` lists (forked from the tests' harness server)."""
     script = Path(sys.executable).with_name("clip_benchmark")
-    return help_flags(*([str(script)] if script.exists() else [sys.executable, "-m", "clip_benchmark.cli"]), "eval")
+    result = run_harness(["eval", "--help"], {**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, script=str(script) if script.exists() else None)
+    assert result.returncode == 0, f"clip_benchmark eval --help failed:\n{result.stderr[-2000:]}"
+    return frozenset(re.findall(r"--[A-Za-z][\w-]*", result.stdout))
 
 
 def torchrun_flags() -> frozenset[str]:
@@ -508,9 +514,9 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("diffcls-cache")
 
 
-@pytest.mark.parametrize("block", _unique(blocks_marked("run")), ids=lambda b: b.where)
-def test_run_blocks_run_offline(block, tmp_path, cache):
-    work = tmp_path / "work"
+def run_block(block: Block, folder: Path, cache: Path) -> subprocess.CompletedProcess:
+    """Run one block in ``folder/work``, whose entries link to the repository's."""
+    work = folder / "work"
     work.mkdir()
     for entry in REPO.iterdir():  # the committed files, read in place; what a block writes stays here
         if not entry.name.startswith(".") and entry.name not in {"results", "__pycache__"}:
@@ -519,7 +525,27 @@ def test_run_blocks_run_offline(block, tmp_path, cache):
     env.pop("DIFFCLS_CONFIG", None)
     env.setdefault("OMP_NUM_THREADS", "1")  # one torch thread: on a busy machine two spin against each other (3x slower)
     argv = [sys.executable, "-c", block.text] if block.kind == "python" else ["bash", "-c", "set -euo pipefail\n" + block.text]
-    result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+
+BLOCKS_AT_ONCE = 2  # each block's commands run one after another: two blocks keep two CPUs busy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def block_runs(request, tmp_path_factory, cache):
+    """The run blocks of the selected tests below, started when this module's first test starts (they
+    run while the checks above do), two at a time, each in its own folder (the shared cache's digits
+    are written atomically, whichever block gets there first): ``block.where`` -> the future of its process."""
+    blocks = [item.callspec.params["block"] for item in request.session.items if getattr(item, "originalname", None) == "test_run_blocks_run_offline"]
+    pool = concurrent.futures.ThreadPoolExecutor(BLOCKS_AT_ONCE)
+    runs = {block.where: pool.submit(run_block, block, tmp_path_factory.mktemp("block"), cache) for block in blocks}
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("block", _unique(blocks_marked("run")), ids=lambda b: b.where)
+def test_run_blocks_run_offline(block, block_runs):
+    result = block_runs[block.where].result()
     assert result.returncode == 0, f"{block.where} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 

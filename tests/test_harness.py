@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images
+from conftest import CLASSNAMES, TEMPLATES, harness_eval, random_images, run_clip_benchmark
 from sklearn.metrics import balanced_accuracy_score
 
 from diffcls_plugin import register
@@ -39,16 +39,15 @@ def independent_metrics(rankings, labels, n_classes):
     return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": balanced_accuracy_score(labels, top1)}
 
 
-def test_model_type_is_registered_and_listed_in_help():
+def test_model_type_is_registered_and_listed_in_help(harness_eval_help):
     assert "diffusion" in MODEL_TYPES
-    out = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "eval", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "diffusion" in out.split("--model_type")[1]
+    assert "diffusion" in harness_eval_help.split("--model_type")[1]
 
 
 def test_python_dash_m_runs_the_plugins_checks_too(tmp_path):
     """`python -m clip_benchmark.cli` executes the module as __main__ (never through an import): the
     hook hands it the patched module, so a bad --output is refused before any weights load."""
-    out = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", tmp_path / "nowhere", tmp_path / "missing" / "r.json")
+    out = harness_eval("diffusion-baseline", "tiny-digits", "wds/digits", tmp_path / "nowhere", tmp_path / "missing" / "r.json", fresh=True)
     assert out.returncode != 0
     assert "does not exist; create it first" in out.stderr, out.stderr[-1500:]
     assert "diffcls: cost:" not in out.stderr  # stopped by the pre-run checks, before their last note (and before any weights load)
@@ -70,10 +69,22 @@ def test_harness_logits_rank_classes_exactly_as_the_sampler(tiny_sd, templates, 
     images, labels = random_images(8, seed=1), [i % 6 for i in range(8)]
     dl, x = loader(model, images, labels)
     # amp=True, as the CLI defaults to: the patched evaluate must switch it off for us
-    metrics = zsc.evaluate(model, dl, tokenizer, CLASSNAMES, templates, "cpu", amp=True)
+    # the logits are the ones the harness computes its metrics from (its run_classification, which
+    # evaluate calls, is watched rather than called a second time: each call classifies every image)
+    seen = []
+
+    def run_classification(*args, **kwargs):
+        seen.append(original_run_classification(*args, **kwargs))
+        return seen[-1]
+
+    original_run_classification = zsc.run_classification
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zsc, "run_classification", run_classification)
+        metrics = zsc.evaluate(model, dl, tokenizer, CLASSNAMES, templates, "cpu", amp=True)
     classifier = zsc.zero_shot_classifier(model, tokenizer, CLASSNAMES, templates, "cpu", amp=False)
     assert torch.equal(classifier, torch.eye(len(CLASSNAMES)))
-    logits, target = zsc.run_classification(model, classifier, dl, "cpu", amp=False)
+    ((logits, target),) = seen
+    assert target.tolist() == labels
     rankings = [r.ranking for r in model.classify(x)]
     for row, ranking in zip(logits, rankings):
         assert torch.argsort(row, descending=True, stable=True).tolist() == list(ranking)
@@ -105,12 +116,14 @@ def test_harness_accuracy_runs_under_the_installed_numpy():
 
 def test_hook_patches_lazily_without_importing_torch_and_can_be_switched_off():
     code = "import sys; assert 'torch' not in sys.modules, 'torch imported at start';import clip_benchmark.models as m; print('diffusion' in m.MODEL_TYPES)"
-    env = dict(os.environ)
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert on.stdout.strip() == "True", on.stderr
-    env["DIFFCLS_NO_HOOK"] = "1"
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert off.stdout.strip() == "False", off.stderr
+    # the two processes are independent: they run side by side
+    on, off = (
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for env in (dict(os.environ), dict(os.environ, DIFFCLS_NO_HOOK="1"))
+    )
+    (on_out, on_err), (off_out, off_err) = on.communicate(timeout=300), off.communicate(timeout=300)
+    assert on_out.strip() == "True", on_err
+    assert off_out.strip() == "False", off_err
 
 
 def harness_args(argv, monkeypatch):
@@ -159,8 +172,9 @@ def test_multilabel_webdataset_is_refused(monkeypatch, tmp_path):
 
 
 def run_cli(argv, cwd, env_extra=None):
-    env = dict(os.environ, **(env_extra or {}))
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    """``clip_benchmark ARGV[1:]``, the console script (forked: conftest.run_clip_benchmark)."""
+    assert argv[0] == "clip_benchmark"
+    proc = run_clip_benchmark(*argv[1:], cwd=cwd, env=env_extra)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 

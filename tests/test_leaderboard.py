@@ -142,6 +142,10 @@ def test_a_hand_edited_cost_that_does_not_add_up_is_refused(tmp_path):
         ),
         ({"distributed": {"world_size": 2, "images_per_rank": [30, 20]}}, r"its ranks' images \[30, 20\] count 50, its n_images is 100"),
         ({"unet_evals_by_image": [10] * 100}, r"its 100 per-image evaluations sum to 1,000, but 41.31 per image for 100 images is 4,131"),
+        (
+            {"denoiser_calls": {"calls": 1, "inputs": 64, "padded_inputs": 64, "by_size": {"64": 1}, "by_round": {"0": {"64": 1}}}},
+            r"its denoiser passes hold 64 inputs, but it records 2,065 UNet evaluations computed",
+        ),
     ],
 )
 def test_a_hand_edited_cost_of_a_resumed_run_is_refused(tmp_path, edit, message):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import CLASSNAMES, TEMPLATES, random_images
+from conftest import CLASSNAMES, TEMPLATES, random_images, run_clip_benchmark
 
 from diffcls_plugin.classifier import load_classifier
 from diffcls_plugin.config import DiffclsConfig
@@ -167,23 +167,37 @@ def test_sigkill_then_the_same_command_computes_only_the_missing_images(tmp_path
         ]
 
     def env(cache: Path) -> dict[str, str]:
-        return dict(os.environ, DIFFCLS_CONFIG=str(config), DIFFCLS_CACHE=str(cache), DIFFCLS_RESUME="1")
+        # one torch thread each: the uninterrupted run goes on beside the other two (two processes
+        # spinning two threads each on a small runner are several times slower)
+        return dict(os.environ, DIFFCLS_CONFIG=str(config), DIFFCLS_CACHE=str(cache), DIFFCLS_RESUME="1", OMP_NUM_THREADS="1")
 
-    cache = tmp_path / "cache"
-    killed = subprocess.Popen(command(str(tmp_path / "killed.json")), cwd=tmp_path, env=env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while committed(cache / FILENAME) < 4 and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert killed.poll() is None, "the run finished before it could be killed; give it more work"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    done_before = committed(cache / FILENAME)
-    assert 4 <= done_before < len(images) and not (tmp_path / "killed.json").exists()
+    # the uninterrupted run, with a store of its own, runs while the killed and the resumed run do
+    whole_log = (tmp_path / "whole.log").open("w")
+    whole = subprocess.Popen(
+        command(str(tmp_path / "whole.json")), cwd=tmp_path, env=env(tmp_path / "other-cache"), stdout=subprocess.DEVNULL, stderr=whole_log, text=True
+    )
+    try:
+        cache = tmp_path / "cache"
+        killed = subprocess.Popen(command(str(tmp_path / "killed.json")), cwd=tmp_path, env=env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while committed(cache / FILENAME) < 4 and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert killed.poll() is None, "the run finished before it could be killed; give it more work"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=60)
+        done_before = committed(cache / FILENAME)
+        assert 4 <= done_before < len(images) and not (tmp_path / "killed.json").exists()
 
-    resumed = subprocess.run(command(str(tmp_path / "resumed.json")), cwd=tmp_path, env=env(cache), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = subprocess.run(command(str(tmp_path / "whole.json")), cwd=tmp_path, env=env(tmp_path / "other-cache"), capture_output=True, text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+        resumed = run_clip_benchmark(
+            *command(str(tmp_path / "resumed.json"))[1:], cwd=tmp_path, env=env(cache)
+        )  # forked (conftest), as the console script runs
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        whole.wait(timeout=600)
+    finally:  # not left running when an assertion above fails
+        whole.kill()
+        whole.wait()
+        whole_log.close()
+    assert whole.returncode == 0, (tmp_path / "whole.log").read_text()[-3000:]
     a, b = json.loads((tmp_path / "resumed.json").read_text()), json.loads((tmp_path / "whole.json").read_text())
     assert a["metrics"] == b["metrics"]  # identical, not approximately equal
     assert a["diffcls"]["computed"]["n_images"] == len(images) - done_before, resumed.stderr[-3000:]

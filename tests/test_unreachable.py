@@ -4,7 +4,8 @@ that gets it; no retries, no traceback, no empty folder left behind.
 
 The unreachable network is simulated: ``HF_ENDPOINT`` and every proxy variable point at a port
 where nothing answers (the runs never touch the real network), ``HF_HUB_OFFLINE`` is unset, and the
-hub cache is an empty folder.
+hub cache is an empty folder. The runs are forked from one process started in that environment,
+which has imported the harness once (tests/harness_server.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+from harness_server import HarnessServer
 
 from diffcls_plugin.errors import DiffclsError
 
@@ -35,17 +37,30 @@ def unreachable_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def harness(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
-    """``clip_benchmark eval ARGV`` in a subprocess (the plugin's hook patches it): the process and its seconds."""
+@pytest.fixture(scope="module")
+def offline_home(tmp_path_factory):
+    """A harness server whose environment is :func:`unreachable_env` of a folder (its hub cache is
+    that folder's ``hf/hub``, read when the hub's library is imported): (server, folder)."""
+    home = tmp_path_factory.mktemp("unreachable")
+    server = HarnessServer(unreachable_env(home))
+    server.ready()  # its imports are not part of a run's seconds
+    yield server, home
+    server.close()
+
+
+def harness(offline_home, argv: list[str], **extra: str) -> tuple[subprocess.CompletedProcess, float]:
+    """``python -m clip_benchmark.cli eval ARGV`` (the plugin's hook patches it), forked from the
+    unreachable environment's server, ``extra`` added to it: the process and its seconds."""
+    server, _ = offline_home
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "eval", *argv], capture_output=True, text=True, env=env, timeout=120)
+    proc = server.call(["eval", *argv], {**server.env, **extra}, timeout=120)
     return proc, time.perf_counter() - start
 
 
 def assert_real_cause(proc: subprocess.CompletedProcess, seconds: float, pattern: str) -> str:
     """One ``diffcls: error:`` line matching ``pattern``, no traceback and no hub retries (the hub
     logs each one; they take ~25 s per file), within a bound loose enough for a loaded machine
-    (the harness's own imports take most of the time)."""
+    (and for the harness's own imports, where a run cannot be forked)."""
     assert proc.returncode != 0, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("diffcls: error: ")]
     assert len(errors) == 1, proc.stderr[-3000:]
@@ -55,11 +70,12 @@ def assert_real_cause(proc: subprocess.CompletedProcess, seconds: float, pattern
     return errors[0]
 
 
-def test_sd2_on_cifar10_names_the_missing_checkpoint_and_hf_download(tmp_path):
+def test_sd2_on_cifar10_names_the_missing_checkpoint_and_hf_download(tmp_path, offline_home):
     """The README's Stable Diffusion command, without a hub: the checkpoint is the cause, not the dataset."""
     data = tmp_path / "data"
     argv = ["--model", "diffusion-hier", "--pretrained", "sd2-base", "--dataset", "cifar10", "--dataset_root", str(data / "cifar10")]
-    proc, seconds = harness(argv, unreachable_env(tmp_path))
+    proc, seconds = harness(offline_home, argv)
+    _, home = offline_home
     line = assert_real_cause(
         proc,
         seconds,
@@ -67,15 +83,15 @@ def test_sd2_on_cifar10_names_the_missing_checkpoint_and_hf_download(tmp_path):
         r"http://127\.0\.0\.1:9 cannot be reached \(.+\); download it first with network access "
         r"\(hf download stabilityai/stable-diffusion-2-base; the cache is .+\) or pass a local diffusers folder$",
     )
-    assert f"the cache is {tmp_path / 'hf' / 'hub'})" in line
+    assert f"the cache is {home / 'hf' / 'hub'})" in line
     assert "huggingface-cli" not in proc.stderr and "cannot be built" not in proc.stderr
     assert not data.exists()  # the dataset was not reached, let alone downloaded
 
 
-def test_a_clip_run_names_its_missing_open_clip_weights_without_a_traceback(tmp_path):
+def test_a_clip_run_names_its_missing_open_clip_weights_without_a_traceback(tmp_path, offline_home):
     models = tmp_path / "models"
     argv = ["--model", "RN50", "--pretrained", "openai", "--dataset", "cifar10", "--dataset_root", str(tmp_path / "data" / "cifar10")]
-    proc, seconds = harness([*argv, "--model_cache_dir", str(models)], unreachable_env(tmp_path))
+    proc, seconds = harness(offline_home, [*argv, "--model_cache_dir", str(models)])
     line = assert_real_cause(
         proc,
         seconds,
@@ -88,25 +104,26 @@ def test_a_clip_run_names_its_missing_open_clip_weights_without_a_traceback(tmp_
     assert not (tmp_path / "data").exists()
 
 
-def test_the_prefilter_names_its_missing_open_clip_weights(tmp_path):
+def test_the_prefilter_names_its_missing_open_clip_weights(tmp_path, offline_home):
     (tmp_path / "run.yaml").write_text("prefilter: {model: RN50, pretrained: openai, top_k: 3}\n")
     argv = ["--model", "diffusion-hier", "--pretrained", "tiny-digits", "--dataset", "cifar10", "--dataset_root", str(tmp_path / "data" / "cifar10")]
-    proc, seconds = harness(argv, unreachable_env(tmp_path, DIFFCLS_CONFIG=str(tmp_path / "run.yaml")))
+    proc, seconds = harness(offline_home, argv, DIFFCLS_CONFIG=str(tmp_path / "run.yaml"))
+    _, home = offline_home
     line = assert_real_cause(
         proc,
         seconds,
         r"prefilter: the open_clip weights RN50 / openai \(timm/resnet50_clip\.openai on the hub\) are not in the local cache and "
         r"the hub http://127\.0\.0\.1:9 cannot be reached .*or give prefilter\.pretrained a local weights file$",
     )
-    assert f"the cache is {tmp_path / 'hf' / 'hub'})" in line
+    assert f"the cache is {home / 'hf' / 'hub'})" in line
     assert not (tmp_path / "data").exists()
 
 
-def test_a_failed_dataset_download_is_named_and_leaves_no_empty_folder(tmp_path):
+def test_a_failed_dataset_download_is_named_and_leaves_no_empty_folder(tmp_path, offline_home):
     """A checkpoint that is here (the embedded one) and CIFAR10, which is not and cannot be downloaded."""
     root = tmp_path / "data" / "cifar10"
     argv = ["--model", "diffusion-hier", "--pretrained", "tiny-digits", "--dataset", "cifar10", "--dataset_root", str(root)]
-    proc, seconds = harness(argv, unreachable_env(tmp_path))
+    proc, seconds = harness(offline_home, argv)
     line = assert_real_cause(
         proc,
         seconds,

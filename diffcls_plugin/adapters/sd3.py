@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from diffcls_plugin.adapters.compiled import compile_denoiser
 from diffcls_plugin.adapters.stable_diffusion import _to, error, preprocess
 from diffcls_plugin.errors import DiffclsError
 
@@ -59,8 +60,7 @@ class StableDiffusion3Adapter:
         self.unet = self.transformer  # the denoiser, under the name the scorer's checks use
         self.vae = _to(vae, self.device, dtype)
         encoders = [_to(e, self.device, dtype) if e is not None else None for e in (text_encoder, text_encoder_2, text_encoder_3)]
-        if compile:
-            self.transformer = torch.compile(self.transformer)
+        self.transformer = compile_denoiser(self.transformer, compile)
         self.scheduler = scheduler
         # the pipeline object only encodes prompts here (its encode_prompt is the reference)
         self._pipe = StableDiffusion3Pipeline(

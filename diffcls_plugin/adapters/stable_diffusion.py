@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
+from diffcls_plugin.adapters.compiled import best_dtype, compile_denoiser
 from diffcls_plugin.data.images import to_rgb
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.zoo import Checkpoint, check_safetensors
@@ -26,9 +27,10 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """``auto`` is fp16 on CUDA (Li et al.) and fp32 elsewhere; other names map directly."""
+    """``auto`` is bf16 on Ampere and newer GPUs, fp16 on older ones (Li et al.) and fp32 on a
+    CPU (:func:`~diffcls_plugin.adapters.compiled.best_dtype`); other names map directly."""
     if name == "auto":
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+        return best_dtype(device)
     return DTYPES[name]
 
 
@@ -53,7 +55,9 @@ class StableDiffusionAdapter:
             The scheduler is only read (``add_noise``, ``get_velocity``, its config), never changed.
         device: where to compute.
         dtype: compute precision of the three networks; errors are accumulated in fp32.
-        compile: ``torch.compile`` the UNet.
+        compile: ``torch.compile`` the UNet: ``True``, or ``"graphs"`` with CUDA graphs
+            (:func:`~diffcls_plugin.adapters.compiled.compile_denoiser`; the scorer pads its
+            passes to fixed sizes).
 
     The UNet and VAE run channels-last with scaled-dot-product attention; on CUDA fp32 matmuls
     may use TF32.
@@ -75,8 +79,7 @@ class StableDiffusionAdapter:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        if compile:
-            self.unet = torch.compile(self.unet)
+        self.unet = compile_denoiser(self.unet, compile)
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
@@ -224,7 +227,7 @@ def load_stable_diffusion(
     dtype: str = "auto",
     allow_pickle: bool = False,
     cache_dir: str | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> StableDiffusionAdapter:
     """Load a checkpoint's components (safetensors only unless ``allow_pickle``; never remote code).
 

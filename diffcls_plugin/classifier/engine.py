@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from diffcls_plugin import distributed
+from diffcls_plugin.calls import CallLog
 from diffcls_plugin.errors import DiffclsError
 from diffcls_plugin.keys import image_key
 from diffcls_plugin.samplers import Sampler, SamplerResult, run_samplers
@@ -32,6 +33,7 @@ class BatchOutcome:
         unet_evals_computed: UNet evaluations spent now.
         unet_batch_size: the scorer's batch size after the batch (halved on out-of-memory), or
             ``None`` when nothing was computed.
+        calls: the denoiser's forward passes for the images computed now.
     """
 
     results: list[SamplerResult] = field(default_factory=list)
@@ -39,6 +41,7 @@ class BatchOutcome:
     n_computed: int = 0
     unet_evals_computed: int = 0
     unet_batch_size: int | None = None
+    calls: CallLog = field(default_factory=CallLog)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class BatchReport:
     unet_evals_computed: int
     shares: list[int]  # images per rank
     unet_batch_size: int | None
+    calls: CallLog  # every rank's forward passes
 
 
 class ClassifyEngine:
@@ -99,7 +103,7 @@ class ClassifyEngine:
         rank, world_size = distributed.world()
         if world_size == 1:
             part = self.classify_here(images)
-            return BatchReport(part.results, part.outcomes, part.n_computed, part.unet_evals_computed, [len(images)], part.unet_batch_size)
+            return BatchReport(part.results, part.outcomes, part.n_computed, part.unet_evals_computed, [len(images)], part.unet_batch_size, part.calls)
         # exactly one process touches the store: rank 0 looks the whole batch up and tells the others
         keys = self._keys(images) if rank == 0 else None
         stored = distributed.broadcast(self._stored(keys))  # {position: Outcome}
@@ -122,6 +126,9 @@ class ClassifyEngine:
                 results[b], outcomes[b] = result, outcome
                 if keys is not None and r != 0:
                     self.store.put(self.run_key, keys[b], outcome)  # rank 0 committed its own as they finished
+        calls = CallLog()
+        for share in shares:
+            calls.merge(share.part.calls)
         per_rank = [len(share.positions) for share in shares]
         per_rank[0] += len(stored)  # rank 0 read the stored images
         return BatchReport(
@@ -131,6 +138,7 @@ class ClassifyEngine:
             unet_evals_computed=sum(share.part.unet_evals_computed for share in shares),
             shares=per_rank,
             unet_batch_size=local.unet_batch_size,
+            calls=calls,
         )
 
     def classify_here(self, images) -> BatchOutcome:
@@ -147,7 +155,7 @@ class ClassifyEngine:
             results[b], outcomes[b] = outcome.result, outcome
         for b, result, outcome in zip(todo, part.results, part.outcomes):
             results[b], outcomes[b] = result, outcome
-        return BatchOutcome(results, outcomes, part.n_computed, part.unet_evals_computed, part.unet_batch_size)
+        return BatchOutcome(results, outcomes, part.n_computed, part.unet_evals_computed, part.unet_batch_size, part.calls)
 
     def _keys(self, images) -> list[str] | None:
         """The images' store keys (``None`` without a store)."""
@@ -187,7 +195,7 @@ class ClassifyEngine:
                 self.store.put(self.run_key, keys[todo[i]], outcome)
 
         run_samplers([self.make_sampler(self.k) for _ in todo], batch_score, on_finish=finished)
-        return BatchOutcome(results, outcomes, len(todo), sum(scorer.unet_evals), scorer.batch_size)
+        return BatchOutcome(results, outcomes, len(todo), sum(scorer.unet_evals), scorer.batch_size, _calls_of(scorer))
 
     def _in_class_order(self, result: SamplerResult, order: list[int]) -> SamplerResult:
         """A result over the prefilter's top k (local indices) -> over every class: the sampler's
@@ -197,3 +205,9 @@ class ClassifyEngine:
             scores[order[local]] = score
         ranking = tuple(order[c] for c in result.ranking) + tuple(order[self.k :])
         return SamplerResult(ranking, tuple(scores), result.n_evals, result.n_rounds, result.stop_reason)
+
+
+def _calls_of(scorer) -> CallLog:
+    """A scorer's call record (a planted scorer without one records nothing)."""
+    calls = getattr(scorer, "calls", None)
+    return calls if isinstance(calls, CallLog) else CallLog()

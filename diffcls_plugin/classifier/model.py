@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffcls_plugin.calls import buckets
 from diffcls_plugin.classifier.engine import ClassifyEngine
 from diffcls_plugin.classifier.progress import ProgressBar
 from diffcls_plugin.classifier.prompts import PromptTokenizer, class_prompts, embed_classes
@@ -235,6 +236,7 @@ class DiffusionClassifier(nn.Module):
             self.config.loss,
             self.unet_batch_size,
             weights=self.timestep_weights,
+            buckets=buckets(self.unet_batch_size) if self.config.compile else None,  # fixed shapes for a compiled denoiser
         )
 
     def classify(self, images: torch.Tensor) -> list[SamplerResult]:
@@ -249,7 +251,7 @@ class DiffusionClassifier(nn.Module):
         report = self.engine.classify(images)
         if report.unet_batch_size is not None:
             self.unet_batch_size = report.unet_batch_size  # halved for the rest of the run after an out-of-memory error
-        self.stats.add(report.results, report.outcomes, report.n_computed, report.unet_evals_computed, time.perf_counter() - start, report.shares)
+        self.stats.add(report.results, report.outcomes, report.n_computed, report.unet_evals_computed, time.perf_counter() - start, report.shares, report.calls)
         self._bar.update(len(images), self.stats, with_store=self.store is not None)
         return report.results
 

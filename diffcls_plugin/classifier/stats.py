@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffcls_plugin.calls import CallLog
+
 
 @dataclass
 class RunStats:
@@ -25,9 +27,11 @@ class RunStats:
     images_per_rank: list[int] = field(default_factory=list)
     stop_reasons: dict[str, int] = field(default_factory=dict)
     unet_evals_by_image: list[int] = field(default_factory=list)  # as spent, in the order the images came
+    calls: CallLog = field(default_factory=CallLog)  # the denoiser's forward passes computed now
 
-    def add(self, results, outcomes, n_computed: int, unet_evals_computed: int, seconds: float, shares: list[int]) -> None:
-        """Count one batch: its results and outcomes, what was computed, and each rank's share."""
+    def add(self, results, outcomes, n_computed: int, unet_evals_computed: int, seconds: float, shares: list[int], calls: CallLog | None = None) -> None:
+        """Count one batch: its results and outcomes, what was computed, each rank's share, and
+        the denoiser's forward passes."""
         self.n_images += len(results)
         self.n_unet_evals += sum(o.n_unet_evals for o in outcomes)
         self.unet_evals_by_image.extend(int(o.n_unet_evals) for o in outcomes)
@@ -38,6 +42,8 @@ class RunStats:
         self.n_images_computed += n_computed
         self.n_unet_evals_computed += unet_evals_computed
         self.seconds_computed += seconds
+        if calls is not None:
+            self.calls.merge(calls)
         if len(self.images_per_rank) == len(shares):
             self.images_per_rank = [a + b for a, b in zip(self.images_per_rank, shares)]
         else:
@@ -62,5 +68,7 @@ class RunStats:
                 "unet_evals": self.n_unet_evals_computed,
                 "seconds": self.seconds_computed,
             },
+            # the forward passes computed now, per round and by size (bench/gpu_simulate.py turns them into GPU time)
+            "denoiser_calls": self.calls.to_dict(),
             "distributed": {"world_size": max(1, len(self.images_per_rank)), "images_per_rank": list(self.images_per_rank) or [0]},
         }

@@ -119,7 +119,8 @@ def _check_adds_up(path: Path, block: dict[str, Any]) -> None:
     ``check`` and top the table): a run that took nothing from the store computed every evaluation
     it reports, so its cost per image times its images is the evaluations it records as computed;
     with images from the store, the images computed now are part of the result, so its cost is at
-    least what it computed now; its stop reasons and its ranks' shares count its images."""
+    least what it computed now; its stop reasons and its ranks' shares count its images; its
+    denoiser passes hold the evaluations it computed."""
     computed, n = block.get("computed"), block.get("n_images")
     per_image = block.get("unet_evals_per_image")
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
@@ -153,6 +154,12 @@ def _check_adds_up(path: Path, block: dict[str, Any]) -> None:
             raise DiffclsError(
                 f"{damaged}: its {len(by_image)} per-image evaluations sum to {sum(by_image):,}, "
                 f"but {per_image:g} per image for {n} images is {per_image * n:,.0f}; {fix}"
+            )
+    calls = block.get("denoiser_calls")
+    if isinstance(calls, dict) and isinstance(computed, dict) and _count(calls.get("inputs")) is not None and _count(computed.get("unet_evals")) is not None:
+        if calls["inputs"] != computed["unet_evals"]:
+            raise DiffclsError(
+                f"{damaged}: its denoiser passes hold {calls['inputs']:,} inputs, but it records {computed['unet_evals']:,} UNet evaluations computed; {fix}"
             )
     shares = block.get("distributed", {}).get("images_per_rank") if isinstance(block.get("distributed"), dict) else None
     if isinstance(shares, list) and shares and all(_count(v) is not None for v in shares) and sum(shares) != n:
